@@ -1,0 +1,37 @@
+"""partialfc: exact sharded margin-softmax training for millions of identities.
+
+The public API (see DESIGN.md): shard ranges, the margin family, the sharded head and the sparse
+optimizer for its class centres. Importing partialfc does no work: no process group, no device.
+"""
+
+from partialfc.distributed import shard_range
+from partialfc.heads import CenterLoss, PartialFC, TripletLoss
+from partialfc.margins import (
+    ArcFace,
+    CombinedMargin,
+    CosFace,
+    LSoftmax,
+    Margin,
+    NormFace,
+    Softmax,
+    SphereFace,
+)
+from partialfc.optim import SparseSGD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArcFace",
+    "CenterLoss",
+    "CombinedMargin",
+    "CosFace",
+    "LSoftmax",
+    "Margin",
+    "NormFace",
+    "PartialFC",
+    "Softmax",
+    "SparseSGD",
+    "SphereFace",
+    "TripletLoss",
+    "shard_range",
+]

@@ -1,0 +1,47 @@
+"""The ``partialfc`` command line: one sub-command per module, each imported only when run.
+
+A sub-command module exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int``.
+Register a new one by adding a line to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Modules are imported lazily so `partialfc --help` stays fast
+# and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("partialfc.demo", "run the embedded demo (no GPU, no downloads)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="partialfc", description="Exact sharded margin-softmax training for face recognition."
+    )
+    from partialfc import __version__
+
+    parser.add_argument("--version", action="version", version=f"partialfc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False).set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known, rest = parser.parse_known_args(argv[:1] or argv)
+    module = importlib.import_module(known._module)
+    command = argparse.ArgumentParser(prog=f"partialfc {known.command}", description=COMMANDS[known.command][1])
+    module.configure(command)
+    args = command.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The sharded margin-softmax cross-entropy as one autograd function.
+
+Legend: B = global batch, D = embedding width, C_r = rows of this rank's shard, N = rows used this
+step (all C_r, or the sampled subset). One (B, N) buffer serves as logits, then probabilities, then
+the logits' gradient, so the head holds a single B x N float tensor from forward to backward.
+
+Target logits are not taken from the GEMM: each row's target logit comes from the margin, applied
+to the row's embedding and class centre (B x D work) under a small autograd graph, so every margin
+gets its exact gradient without a hand-written derivative. Its gradients are folded into dX and
+into the dense (N, D) rows of dW before dW is handed back as a coalesced sparse COO gradient of
+the full (C_r, D) shard: no dense C_r x D gradient is ever allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from partialfc.distributed import combine_softmax_stats
+from partialfc.margins import Margin
+
+NORM_EPS = 1e-12  # as F.normalize: centres with a smaller norm are divided by this instead
+
+
+@dataclass(frozen=True)
+class CoreOptions:
+    """Per-head constants of :func:`margin_softmax_loss`."""
+
+    margin: Margin
+    filter_threshold: float | None  # zero non-target cosines above it (insightface's filter)
+    gemm_dtype: torch.dtype | None  # bf16/fp16 under autocast, None: the inputs' dtype
+    group: dist.ProcessGroup | None
+
+
+def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+    return weight if index is None else weight.index_select(0, index)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is None or dtype == a.dtype:
+        return a @ b
+    return a.to(dtype) @ b.to(dtype)
+
+
+class _MarginSoftmaxLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,  # (B, D), as the GEMM sees it (normalised or not)
+        weight: torch.Tensor,  # (C_r, D) leaf shard
+        bias: torch.Tensor | None,  # (C_r,)
+        index: torch.Tensor | None,  # (N,) sorted local rows used; None: all C_r rows
+        col: torch.Tensor,  # (B,) column in [0, N) of each row's class (junk where ~has)
+        has: torch.Tensor,  # (B,) bool: this shard owns the row's class
+        opts: CoreOptions,
+    ) -> torch.Tensor:
+        margin = opts.margin
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        w = _rows(weight, index)  # (N, D)
+        batch, num_rows = x.shape[0], w.shape[0]
+
+        logits = _mm(x, w.t(), opts.gemm_dtype).to(acc)  # (B, N): the one big buffer
+        inv_norm = None
+        if margin.normalize_weight:
+            inv_norm = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS).reciprocal().to(acc)
+            logits.mul_(inv_norm)
+        filtered = None
+        if opts.filter_threshold is not None:
+            filtered = logits > opts.filter_threshold
+            logits.masked_fill_(filtered, 0.0)
+        b_rows = None
+        if bias is not None:
+            b_rows = _rows(bias, index).to(acc)
+            logits.add_(b_rows)
+        if margin.scale != 1.0:
+            logits.mul_(margin.scale)
+
+        col2 = col.unsqueeze(1)  # (B, 1)
+        x_leaf = w_leaf = target = None
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_(ctx.needs_input_grad[0])
+            # An empty sample still runs the margin (its annealing counter must advance on every
+            # rank alike); its rows then come from the shard and are masked out below.
+            w_src = w if num_rows else weight
+            w_leaf = w_src.index_select(0, col).detach().requires_grad_(ctx.needs_input_grad[1])
+            target = margin(x_leaf, w_leaf)  # (B,) or None for a margin-free target
+        if target is None:  # plain softmax: the GEMM's logit is the target logit
+            target_local = logits.gather(1, col2).squeeze(1) if num_rows else x.new_zeros(batch)
+        else:
+            target_local = target.detach().to(acc)
+            if num_rows:
+                current = logits.gather(1, col2).squeeze(1)
+                logits.scatter_(1, col2, torch.where(has, target_local, current).unsqueeze(1))
+        target_local = torch.where(has, target_local, torch.zeros_like(target_local))
+
+        if num_rows:
+            row_max = logits.amax(1)
+            logits.sub_(row_max.unsqueeze(1)).exp_()
+            row_sumexp = logits.sum(1)
+        else:  # an empty shard contributes exp(-inf) = 0 to every row
+            row_max = torch.full((batch,), float("-inf"), dtype=acc, device=x.device)
+            row_sumexp = torch.zeros(batch, dtype=acc, device=x.device)
+        # One collective merges (max, sum-exp, target logit) of all shards.
+        gmax, gsum, gtarget = combine_softmax_stats(row_max, row_sumexp, target_local, opts.group)
+        loss = (gmax + gsum.log() - gtarget).mean()
+        probs = logits.mul_((torch.exp(row_max - gmax) / gsum).unsqueeze(1))  # softmax, in place
+
+        ctx.opts = opts
+        ctx.graph = (x_leaf, w_leaf, target)
+        ctx.gemm_shape = (batch, num_rows)
+        ctx.save_for_backward(x, weight, index, inv_norm, probs, col, has, filtered)
+        ctx.has_bias = bias is not None
+        ctx.consumed = False
+        return loss.to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        with torch.autocast(grad_loss.device.type, enabled=False):
+            return _MarginSoftmaxLoss._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss: torch.Tensor):
+        if ctx.consumed:
+            raise RuntimeError(
+                "PartialFC's loss was back-propagated twice; its saved buffer is reused in place "
+                "(retain_graph=True is not supported)"
+            )
+        ctx.consumed = True
+        x, weight, index, inv_norm, probs, col, has, filtered = ctx.saved_tensors
+        opts = ctx.opts
+        margin = opts.margin
+        x_leaf, w_leaf, target = ctx.graph
+        batch, num_rows = ctx.gemm_shape
+        col2 = col.unsqueeze(1)
+
+        g = (grad_loss / batch).to(probs.dtype)
+        grad = probs.mul_(g)  # (B, N): d loss / d logit, in place over the probabilities
+        grad_target = None
+        if num_rows:
+            p_target = grad.gather(1, col2).squeeze(1)  # g * p_target
+            if target is None:  # the target logit is the GEMM's: d/dz_y = g*(p_y - 1)
+                grad.scatter_add_(1, col2, torch.where(has, -g, 0.0).unsqueeze(1).to(grad.dtype))
+            else:  # the target logit comes from the margin: its column carries no GEMM gradient
+                grad_target = torch.where(has, p_target - g, torch.zeros_like(p_target))
+                grad.scatter_(1, col2, torch.where(has, 0.0, p_target).unsqueeze(1))
+        if filtered is not None:
+            grad.masked_fill_(filtered, 0.0)
+
+        grad_bias = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            rows = _row_indices(index, weight.shape[0], grad.device)
+            grad_bias = _sparse_rows_grad(rows, grad.sum(0), (weight.shape[0],))
+        if margin.scale != 1.0:
+            grad.mul_(margin.scale)
+        if inv_norm is not None:
+            grad.mul_(inv_norm)  # now d loss / d (x . w_j) with the norm held constant
+
+        w = _rows(weight, index)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _mm(grad, w, opts.gemm_dtype).to(x.dtype)  # (B, D)
+        if ctx.needs_input_grad[1]:
+            grad_w = _mm(grad.t(), x, opts.gemm_dtype).to(weight.dtype)  # (N, D)
+            if inv_norm is not None:
+                # w_j / |w_j| depends on |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j.
+                dots = torch.bmm(grad_w.unsqueeze(1), w.unsqueeze(2)).view(-1)  # (N,)
+                grad_w.addcmul_(w, (dots * inv_norm.square()).to(w.dtype).unsqueeze(1), value=-1.0)
+        del grad, probs
+
+        if grad_target is not None:
+            wanted = [t for t in (x_leaf, w_leaf) if t.requires_grad]
+            parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
+            parts = dict(zip([id(t) for t in wanted], parts, strict=True))
+            if id(x_leaf) in parts:
+                grad_x = grad_x + parts[id(x_leaf)]
+            if id(w_leaf) in parts:
+                grad_w.index_add_(0, col, parts[id(w_leaf)].to(grad_w.dtype))
+        if ctx.needs_input_grad[1]:
+            rows = _row_indices(index, weight.shape[0], grad_w.device)
+            grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
+        ctx.graph = None
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
+def _row_indices(index: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(num_rows, device=device) if index is None else index
+
+
+def _sparse_rows_grad(
+    rows: torch.Tensor, values: torch.Tensor, size: tuple[int, ...]
+) -> torch.Tensor:
+    """A sparse COO gradient holding ``values`` at the sorted, unique rows ``rows``."""
+    return torch.sparse_coo_tensor(
+        rows.unsqueeze(0), values, size, is_coalesced=True, check_invariants=False
+    )
+
+
+def margin_softmax_loss(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    col: torch.Tensor,
+    has: torch.Tensor,
+    opts: CoreOptions,
+) -> torch.Tensor:
+    """Mean over the global batch of ``-log softmax(target)`` across all shards of ``opts.group``.
+
+    Args:
+        x: (B, D) the global batch, normalised when the margin asks for it.
+        weight: (C_r, D) this rank's class centres; receives a sparse COO gradient.
+        bias: (C_r,) per-class bias or None; receives a sparse COO gradient.
+        index: (N,) sorted local rows taking part, or None for every row.
+        col: (B,) position in ``[0, N)`` of each row's class among the rows taking part; any value
+            in range where ``has`` is False.
+        has: (B,) bool, whether this shard owns the row's class.
+        opts: the margin, the filter, the GEMM dtype and the process group.
+    """
+    return _MarginSoftmaxLoss.apply(x, weight, bias, index, col, has, opts)

@@ -1,0 +1,274 @@
+"""PartialFC: the class-centre matrix sharded by rows, one softmax across all ranks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from partialfc.distributed import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    all_reduce_max,
+    rank,
+    shard_range,
+    world_size,
+)
+from partialfc.heads._core import CoreOptions, margin_softmax_loss
+from partialfc.margins import Margin
+
+log = logging.getLogger(__name__)
+
+INIT_BLOCK_ROWS = 4096  # centres are initialised in blocks seeded by (seed, block): see _init_rows
+
+
+def _mixed_seed(*parts: int) -> int:
+    """A 63-bit seed that depends on every part (a hash, not a sum: no collisions by design)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class PartialFC(nn.Module):
+    """Sharded margin-softmax head, optionally sampling negative classes ("Partial FC").
+
+    Rank r of the group owns classes ``[class_start, class_start + num_local)``
+    (:func:`partialfc.shard_range`). Each forward gathers the global batch, scores it against this
+    rank's (sampled) centres and forms one softmax over all classes of all ranks. The returned loss
+    is the mean over the global batch, identical on every rank; the gradient it sends to the local
+    embeddings is the exact partial derivative of that loss (a DDP backbone must *sum* its gradients
+    across ranks: see :func:`partialfc.distributed.use_global_loss_gradients`).
+
+    Args:
+        margin: a :mod:`partialfc.margins` member (ArcFace, CosFace, SphereFace, Softmax, ...).
+        embedding_size: width D of the embeddings.
+        num_classes: total number of classes C over all ranks.
+        sample_rate: fraction of this rank's classes scored per step; positives are always kept.
+        process_group: the ranks sharing the head; None: the default group, or this process alone
+            when torch.distributed is not initialised.
+        seed: seeds the centres' initialisation and the sampling of negatives.
+        interclass_filtering_threshold: if > 0, non-target cosines above it are set to 0 (and get
+            no gradient): insightface's filter against near-duplicate identities in noisy data.
+        validate: check labels, shapes, finiteness and equal batch sizes on every call. Costs one
+            tiny all-reduce and one host synchronisation per step; turn off in tuned training.
+        init_std: standard deviation of the normal initialisation of the centres.
+        device: device of the shard.
+        dtype: dtype of the shard (float32 default; float64 for exact references).
+    """
+
+    def __init__(
+        self,
+        margin: Margin,
+        embedding_size: int = 512,
+        num_classes: int = 1000,
+        sample_rate: float = 1.0,
+        process_group: dist.ProcessGroup | None = None,
+        seed: int = 0,
+        interclass_filtering_threshold: float = 0.0,
+        validate: bool = True,
+        init_std: float = 0.01,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(margin, Margin):
+            raise TypeError(f"margin must be a partialfc.margins.Margin, got {type(margin).__name__}")
+        if embedding_size < 1:
+            raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
+        if not 0.0 < sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        if interclass_filtering_threshold < 0:
+            raise ValueError(
+                f"interclass_filtering_threshold must be >= 0 (0 disables), got "
+                f"{interclass_filtering_threshold}"
+            )
+        if interclass_filtering_threshold > 0 and not (
+            margin.normalize_embeddings and margin.normalize_weight
+        ):
+            raise ValueError(
+                "interclass_filtering_threshold compares cosines and needs a normalised margin "
+                f"(ArcFace, CosFace, NormFace, CombinedMargin), not {type(margin).__name__}"
+            )
+        self.margin = margin
+        self.embedding_size = int(embedding_size)
+        self.num_classes = int(num_classes)
+        self.sample_rate = float(sample_rate)
+        self.process_group = process_group
+        self.seed = int(seed)
+        self.interclass_filtering_threshold = float(interclass_filtering_threshold)
+        self.validate = bool(validate)
+        self.world_size = world_size(process_group)
+        self.rank = rank(process_group)
+        self.class_start, self.num_local = shard_range(num_classes, self.world_size, self.rank)
+        dtype = dtype or torch.get_default_dtype()
+        self.weight = nn.Parameter(
+            self._init_rows(init_std, torch.device(device or "cpu"), dtype)
+        )
+        self.bias = (
+            nn.Parameter(torch.zeros(self.num_local, device=device, dtype=dtype))
+            if margin.has_bias
+            else None
+        )
+        self.step = 0  # forward calls so far; with (seed, rank) it seeds the sampling
+        self.last_index: torch.Tensor | None = None
+
+    def _init_rows(self, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        # Global row i gets the same initial value whatever the world size: rows are drawn in
+        # blocks of INIT_BLOCK_ROWS from generators seeded by (seed, block), and each rank keeps
+        # the part of the blocks that overlaps its range.
+        start, stop = self.class_start, self.class_start + self.num_local
+        out = torch.empty(self.num_local, self.embedding_size, device=device, dtype=dtype)
+        gen = torch.Generator(device=device)
+        for block in range(start // INIT_BLOCK_ROWS, (stop - 1) // INIT_BLOCK_ROWS + 1):
+            lo = block * INIT_BLOCK_ROWS
+            gen.manual_seed(_mixed_seed(self.seed, block))
+            rows = torch.empty(INIT_BLOCK_ROWS, self.embedding_size, device=device, dtype=dtype)
+            rows.normal_(0.0, std, generator=gen)
+            a, b = max(start, lo), min(stop, lo + INIT_BLOCK_ROWS)
+            out[a - start : b - start] = rows[a - lo : b - lo]
+        return out
+
+    def extra_repr(self) -> str:
+        return (
+            f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
+            f"sample_rate={self.sample_rate}, rank={self.rank}/{self.world_size}, "
+            f"classes=[{self.class_start}, {self.class_start + self.num_local})"
+        )
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {
+            "step": self.step,
+            "class_start": self.class_start,
+            "num_local": self.num_local,
+            "num_classes": self.num_classes,
+        }
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        if (state["class_start"], state["num_local"]) != (self.class_start, self.num_local):
+            raise ValueError(
+                f"state holds classes [{state['class_start']}, "
+                f"{state['class_start'] + state['num_local']}) but this rank owns "
+                f"[{self.class_start}, {self.class_start + self.num_local}); reshard with "
+                "partialfc.train.checkpoint to change the number of ranks"
+            )
+        self.step = int(state["step"])
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of the global batch.
+
+        Args:
+            embeddings: (b, D) this rank's embeddings; every rank passes the same b.
+            labels: (b,) global class ids in ``[0, num_classes)``.
+
+        Returns:
+            The mean over the global batch of ``-log softmax(target)``, the same on every rank.
+        """
+        if self.validate:
+            self._check_inputs(embeddings, labels)
+        group = self.process_group
+        x = all_gather_with_grad(embeddings.to(self.weight.dtype), group)  # (B, D)
+        y = all_gather_no_grad(labels, group)  # (B,)
+        local = y - self.class_start
+        has = (local >= 0) & (local < self.num_local)
+        local = local.clamp(0, self.num_local - 1)
+        if self.sample_rate < 1.0:
+            index = self._sample(local, has)
+            col = torch.searchsorted(index, local).clamp_(max=max(index.numel() - 1, 0))
+        else:
+            index, col = None, local
+        if self.margin.normalize_embeddings:
+            x = F.normalize(x, dim=1)
+        device_type = x.device.type
+        gemm_dtype = (
+            torch.get_autocast_dtype(device_type)
+            if torch.is_autocast_enabled(device_type)
+            else None
+        )
+        opts = CoreOptions(
+            margin=self.margin,
+            filter_threshold=self.interclass_filtering_threshold or None,
+            gemm_dtype=gemm_dtype,
+            group=group,
+        )
+        with torch.autocast(device_type, enabled=False):
+            loss = margin_softmax_loss(x, self.weight, self.bias, index, col, has, opts)
+        self.last_index = (
+            index if index is not None else torch.arange(self.num_local, device=x.device)
+        )
+        self.step += 1
+        return loss
+
+    @torch.no_grad()
+    def _sample(self, local: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        """Sorted local rows for this step: every positive, then uniform negatives (rule 8)."""
+        count = self.num_local
+        device = self.weight.device
+        positive = torch.zeros(count, dtype=torch.uint8, device=device)
+        positive.scatter_reduce_(0, local, has.to(torch.uint8), reduce="amax")
+        num_sample = int(self.sample_rate * count)
+        if num_sample < local.numel():
+            # Only when the batch could hold more positives than the sample needs a host sync.
+            num_sample = max(num_sample, int(positive.sum()))
+        gen = torch.Generator(device=device)
+        gen.manual_seed(_mixed_seed(self.seed, self.step, self.rank))
+        scores = torch.rand(count, generator=gen, device=device)
+        scores.masked_fill_(positive.bool(), 2.0)  # positives outrank every negative
+        return scores.topk(num_sample, sorted=False).indices.sort().values
+
+    @torch.no_grad()
+    def _check_inputs(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        # Every rank must reach the same verdict, or the ranks that pass would hang in the next
+        # collective: problems are flagged locally and agreed on with one small all-reduce(MAX).
+        me = self.rank + 1
+        shape_bad = not (
+            embeddings.dim() == 2
+            and embeddings.shape[1] == self.embedding_size
+            and labels.dim() == 1
+            and labels.shape[0] == embeddings.shape[0]
+        )
+        dtype_bad = labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex()
+        batch = embeddings.shape[0] if embeddings.dim() >= 1 else 0
+        device = self.weight.device
+        stats = torch.tensor(
+            [batch, -batch, me * shape_bad, me * dtype_bad, 0, 0, 0], dtype=torch.int64, device=device
+        )
+        if not (shape_bad or dtype_bad) and batch > 0:
+            stats[4] = -labels.min().to(device)
+            stats[5] = labels.max().to(device)
+            stats[6] = (~torch.isfinite(embeddings)).any().to(device) * me
+        max_b, neg_min_b, shape_rank, dtype_rank, neg_min_label, max_label, nonfinite_rank = (
+            all_reduce_max(stats, self.process_group).tolist()
+        )
+        where = f"rank {self.rank}" if self.world_size > 1 else "input"
+        if shape_rank:
+            if shape_rank == me:
+                raise ValueError(
+                    f"PartialFC expects embeddings (batch, {self.embedding_size}) and labels "
+                    f"(batch,); {where} got embeddings {tuple(embeddings.shape)} and labels "
+                    f"{tuple(labels.shape)}"
+                )
+            raise ValueError(f"rank {shape_rank - 1} passed embeddings or labels of the wrong shape")
+        if dtype_rank:
+            raise TypeError(
+                f"labels must be an integer tensor (global class ids); rank {dtype_rank - 1} "
+                f"passed {labels.dtype if dtype_rank == me else 'another dtype'}"
+            )
+        if max_b != -neg_min_b:
+            raise ValueError(
+                f"every rank must pass the same batch size; got sizes from {-neg_min_b} to {max_b}"
+            )
+        if max_b == 0:
+            raise ValueError("PartialFC got an empty batch")
+        if -neg_min_label < 0 or max_label >= self.num_classes:
+            raise ValueError(
+                f"labels must be in [0, {self.num_classes}); the global batch has labels from "
+                f"{-neg_min_label} to {max_label}"
+            )
+        if nonfinite_rank:
+            raise ValueError(
+                f"embeddings contain NaN or Inf (rank {nonfinite_rank - 1}); the backbone diverged "
+                "or the input is corrupt"
+            )

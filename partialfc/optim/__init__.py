@@ -1,0 +1,5 @@
+"""Optimizers for sharded class centres."""
+
+from partialfc.optim.sparse_sgd import SparseSGD
+
+__all__ = ["SparseSGD"]
