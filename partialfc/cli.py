@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known, rest = parser.parse_known_args(argv[:1] or argv)
+    known, _rest = parser.parse_known_args(argv[:1] or argv)
     module = importlib.import_module(known._module)
-    command = argparse.ArgumentParser(prog=f"partialfc {known.command}", description=COMMANDS[known.command][1])
+    command = argparse.ArgumentParser(
+        prog=f"partialfc {known.command}", description=COMMANDS[known.command][1]
+    )
     module.configure(command)
     args = command.parse_args(argv[1:])
     return int(module.run(args) or 0)

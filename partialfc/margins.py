@@ -152,9 +152,7 @@ class _AnnealedMargin(Margin):
     run continues the schedule where it stopped.
     """
 
-    def __init__(
-        self, m: int, base: float, gamma: float, power: float, lambda_min: float
-    ) -> None:
+    def __init__(self, m: int, base: float, gamma: float, power: float, lambda_min: float) -> None:
         super().__init__()
         if int(m) != m or m < 1:
             raise ValueError(f"m must be a positive integer, got {m}")

@@ -19,6 +19,11 @@ import torch.distributed as dist
 
 from partialfc.distributed._groups import world_size
 
+# torch 2.13 renamed the flat-tensor collectives; older releases (2.11 on our GPU hosts) only have
+# the old names, which 2.13 still serves with a FutureWarning.
+_all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_flat = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 class _AllGather(torch.autograd.Function):
     @staticmethod
@@ -26,14 +31,14 @@ class _AllGather(torch.autograd.Function):
         ctx.group = group
         ctx.world = world_size(group)
         out = x.new_empty((ctx.world * x.shape[0], *x.shape[1:]))
-        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        _all_gather_flat(out, x.contiguous(), group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad_in = grad_out.new_empty((grad_out.shape[0] // ctx.world, *grad_out.shape[1:]))
         # Sum every rank's gradient for this rank's slice of the gathered batch.
-        dist.reduce_scatter_tensor(grad_in, grad_out.contiguous(), group=ctx.group)
+        _reduce_scatter_flat(grad_in, grad_out.contiguous(), group=ctx.group)
         return grad_in, None
 
 
@@ -55,7 +60,7 @@ def all_gather_no_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) 
     if world == 1:
         return x
     out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+    _all_gather_flat(out, x.contiguous(), group=group)
     return out
 
 
@@ -117,9 +122,10 @@ def combine_softmax_stats(
     if world_size(group) == 1:
         return row_max, row_sumexp, target_logit
     stats = torch.stack([row_max, row_sumexp, target_logit])  # (3, B)
-    gathered = stats.new_empty((world_size(group), *stats.shape))  # (W, 3, B)
-    dist.all_gather_into_tensor(gathered, stats, group=group)
-    maxes, sumexps, targets = gathered.unbind(1)  # (W, B) each
+    world = world_size(group)
+    gathered = stats.new_empty((world * 3, stats.shape[1]))  # (W*3, B), rank-major
+    _all_gather_flat(gathered, stats, group=group)
+    maxes, sumexps, targets = gathered.view(world, 3, -1).unbind(1)  # (W, B) each
     global_max = maxes.amax(0)
     global_sumexp = (sumexps * torch.exp(maxes - global_max)).sum(0)
     return global_max, global_sumexp, targets.sum(0)

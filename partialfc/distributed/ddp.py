@@ -7,8 +7,7 @@ averages (divides by the world size); :func:`sum_gradients_hook` all-reduces wit
 the backbone receives exactly the gradient of the global loss.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: DDP checks the hook's annotations at run time.
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -22,6 +21,8 @@ def sum_gradients_hook(
     return work.get_future().then(lambda fut: fut.value()[0])
 
 
-def use_global_loss_gradients(ddp: DistributedDataParallel, group: dist.ProcessGroup | None = None) -> None:
+def use_global_loss_gradients(
+    ddp: DistributedDataParallel, group: dist.ProcessGroup | None = None
+) -> None:
     """Make ``ddp`` sum gradients, as a backbone under a sharded global-mean loss needs."""
     ddp.register_comm_hook(group, sum_gradients_hook)

@@ -75,7 +75,9 @@ class PartialFC(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(margin, Margin):
-            raise TypeError(f"margin must be a partialfc.margins.Margin, got {type(margin).__name__}")
+            raise TypeError(
+                f"margin must be a partialfc.margins.Margin, got {type(margin).__name__}"
+            )
         if embedding_size < 1:
             raise ValueError(f"embedding_size must be >= 1, got {embedding_size}")
         if not 0.0 < sample_rate <= 1.0:
@@ -104,9 +106,7 @@ class PartialFC(nn.Module):
         self.rank = rank(process_group)
         self.class_start, self.num_local = shard_range(num_classes, self.world_size, self.rank)
         dtype = dtype or torch.get_default_dtype()
-        self.weight = nn.Parameter(
-            self._init_rows(init_std, torch.device(device or "cpu"), dtype)
-        )
+        self.weight = nn.Parameter(self._init_rows(init_std, torch.device(device or "cpu"), dtype))
         self.bias = (
             nn.Parameter(torch.zeros(self.num_local, device=device, dtype=dtype))
             if margin.has_bias
@@ -229,11 +229,15 @@ class PartialFC(nn.Module):
             and labels.dim() == 1
             and labels.shape[0] == embeddings.shape[0]
         )
-        dtype_bad = labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex()
+        dtype_bad = (
+            labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex()
+        )
         batch = embeddings.shape[0] if embeddings.dim() >= 1 else 0
         device = self.weight.device
         stats = torch.tensor(
-            [batch, -batch, me * shape_bad, me * dtype_bad, 0, 0, 0], dtype=torch.int64, device=device
+            [batch, -batch, me * shape_bad, me * dtype_bad, 0, 0, 0],
+            dtype=torch.int64,
+            device=device,
         )
         if not (shape_bad or dtype_bad) and batch > 0:
             stats[4] = -labels.min().to(device)
@@ -250,7 +254,9 @@ class PartialFC(nn.Module):
                     f"(batch,); {where} got embeddings {tuple(embeddings.shape)} and labels "
                     f"{tuple(labels.shape)}"
                 )
-            raise ValueError(f"rank {shape_rank - 1} passed embeddings or labels of the wrong shape")
+            raise ValueError(
+                f"rank {shape_rank - 1} passed embeddings or labels of the wrong shape"
+            )
         if dtype_rank:
             raise TypeError(
                 f"labels must be an integer tensor (global class ids); rank {dtype_rank - 1} "

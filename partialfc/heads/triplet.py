@@ -109,5 +109,7 @@ class TripletLoss(nn.Module):
         d_ap = torch.where(pos, d, torch.full_like(d, -big)).amax(1)
         d_an = torch.where(neg, d, torch.full_like(d, big)).amin(1)
         valid = (pos.any(1) & neg.any(1)).to(d.dtype)
-        losses = F.relu(torch.where(valid.bool(), d_ap - d_an + self.margin, torch.zeros_like(d_ap)))
+        losses = F.relu(
+            torch.where(valid.bool(), d_ap - d_an + self.margin, torch.zeros_like(d_ap))
+        )
         return losses, valid

@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-MAX_CHUNK_ELEMENTS = 1 << 24  # rows are updated in chunks of at most this many elements (64 MiB fp32)
+MAX_CHUNK_ELEMENTS = (
+    1 << 24
+)  # rows are updated in chunks of at most this many elements (64 MiB fp32)
 
 
 class SparseSGD(Optimizer):
@@ -52,7 +54,11 @@ class SparseSGD(Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and dampening == 0")
         defaults = dict(
-            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
         )
         super().__init__(params, defaults)
 
@@ -68,7 +74,9 @@ class SparseSGD(Optimizer):
                     continue
                 state = self.state[p]
                 if group["momentum"] != 0 and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format
+                    )
                     if group["dampening"] != 0:
                         # With zeros, buf = m*0 + (1-d)*g would differ from torch.optim.SGD's
                         # first-update rule buf = g; a per-row flag keeps the rules identical.
