@@ -13,6 +13,7 @@ the full (C_r, D) shard: no dense C_r x D gradient is ever allocated.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,9 @@ from partialfc.distributed import combine_softmax_stats
 from partialfc.margins import Margin
 
 NORM_EPS = 1e-12  # as F.normalize: centres with a smaller norm are divided by this instead
+BLOCK_ELEMENTS = (
+    1 << 24
+)  # class rows are read in blocks of at most this many elements (64 MiB fp32)
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,24 @@ def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return weight if index is None else weight.index_select(0, index)
 
 
+def _blocks(
+    weight: torch.Tensor, index: torch.Tensor | None, num_rows: int
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(columns, rows)`` blocks of the rows taking part, each at most BLOCK_ELEMENTS.
+
+    Sampled rows are gathered block by block, so no (N, D) copy of the shard ever exists; without
+    sampling the blocks are views.
+    """
+    step = max(1, BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    for lo in range(0, num_rows, step):
+        cols = slice(lo, min(lo + step, num_rows))
+        yield cols, weight[cols] if index is None else weight.index_select(0, index[cols])
+
+
 def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    if dtype is None or dtype == a.dtype:
+    if dtype is None:
         return a @ b
-    return a.to(dtype) @ b.to(dtype)
+    return a.to(dtype) @ b.to(dtype)  # no copy for an operand already in ``dtype``
 
 
 class _MarginSoftmaxLoss(torch.autograd.Function):
@@ -53,19 +71,26 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         bias: torch.Tensor | None,  # (C_r,)
         index: torch.Tensor | None,  # (N,) sorted local rows used; None: all C_r rows
         col: torch.Tensor,  # (B,) column in [0, N) of each row's class (junk where ~has)
+        target_row: torch.Tensor,  # (B,) row in [0, C_r) of each row's class (junk where ~has)
         has: torch.Tensor,  # (B,) bool: this shard owns the row's class
         opts: CoreOptions,
     ) -> torch.Tensor:
         margin = opts.margin
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        w = _rows(weight, index)  # (N, D)
-        batch, num_rows = x.shape[0], w.shape[0]
+        batch = x.shape[0]
+        num_rows = weight.shape[0] if index is None else index.numel()
 
-        logits = _mm(x, w.t(), opts.gemm_dtype).to(acc)  # (B, N): the one big buffer
-        inv_norm = None
-        if margin.normalize_weight:
-            inv_norm = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS).reciprocal().to(acc)
-            logits.mul_(inv_norm)
+        logits = x.new_empty((batch, num_rows), dtype=acc)  # (B, N): the one big buffer
+        inv_norm = x.new_empty(num_rows, dtype=acc) if margin.normalize_weight else None
+        xg = x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)
+        for cols, w in _blocks(weight, index, num_rows):
+            block = logits[:, cols]
+            block.copy_(_mm(xg, w.t(), opts.gemm_dtype))
+            if inv_norm is not None:
+                norms = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS)
+                inv_norm[cols] = norms.reciprocal()
+                block.mul_(inv_norm[cols])
+        del xg
         filtered = None
         if opts.filter_threshold is not None:
             filtered = logits > opts.filter_threshold
@@ -81,10 +106,10 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         x_leaf = w_leaf = target = None
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(ctx.needs_input_grad[0])
-            # An empty sample still runs the margin (its annealing counter must advance on every
-            # rank alike); its rows then come from the shard and are masked out below.
-            w_src = w if num_rows else weight
-            w_leaf = w_src.index_select(0, col).detach().requires_grad_(ctx.needs_input_grad[1])
+            # Rows not owned here (~has) read some row of the shard; they are masked out below.
+            # Even an empty sample runs the margin: its annealing counter advances on every rank.
+            w_leaf = weight.index_select(0, target_row).detach()
+            w_leaf.requires_grad_(ctx.needs_input_grad[1])
             target = margin(x_leaf, w_leaf)  # (B,) or None for a margin-free target
         if target is None:  # plain softmax: the GEMM's logit is the target logit
             target_local = logits.gather(1, col2).squeeze(1) if num_rows else x.new_zeros(batch)
@@ -158,16 +183,26 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         if inv_norm is not None:
             grad.mul_(inv_norm)  # now d loss / d (x . w_j) with the norm held constant
 
-        w = _rows(weight, index)
-        grad_x = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _mm(grad, w, opts.gemm_dtype).to(x.dtype)  # (B, D)
-        if ctx.needs_input_grad[1]:
-            grad_w = _mm(grad.t(), x, opts.gemm_dtype).to(weight.dtype)  # (N, D)
-            if inv_norm is not None:
-                # w_j / |w_j| depends on |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j.
-                dots = torch.bmm(grad_w.unsqueeze(1), w.unsqueeze(2)).view(-1)  # (N,)
-                grad_w.addcmul_(w, (dots * inv_norm.square()).to(w.dtype).unsqueeze(1), value=-1.0)
+        grad_x = grad_w = grad_weight = None
+        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if want_x:
+            grad_x = torch.zeros_like(x)  # (B, D)
+        if want_w:
+            grad_w = weight.new_empty((num_rows, weight.shape[1]))  # (N, D): the sparse values
+        xg = x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)
+        for cols, w in _blocks(weight, index, num_rows if (want_x or want_w) else 0):
+            g_block = grad[:, cols]
+            if want_x:
+                grad_x += _mm(g_block, w, opts.gemm_dtype).to(x.dtype)
+            if want_w:
+                gw = grad_w[cols]
+                gw.copy_(_mm(g_block.t(), xg, opts.gemm_dtype))
+                if inv_norm is not None:
+                    # w_j / |w_j| depends on |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j.
+                    dots = torch.bmm(gw.unsqueeze(1), w.unsqueeze(2)).view(-1)  # (n,)
+                    coef = (dots * inv_norm[cols].square()).to(w.dtype)
+                    gw.addcmul_(w, coef.unsqueeze(1), value=-1.0)
+        del xg
         del grad, probs
 
         if grad_target is not None:
@@ -176,13 +211,13 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
             parts = dict(zip([id(t) for t in wanted], parts, strict=True))
             if id(x_leaf) in parts:
                 grad_x = grad_x + parts[id(x_leaf)]
-            if id(w_leaf) in parts:
+            if id(w_leaf) in parts:  # num_rows > 0 here, so col is a valid row of grad_w
                 grad_w.index_add_(0, col, parts[id(w_leaf)].to(grad_w.dtype))
-        if ctx.needs_input_grad[1]:
+        if want_w:
             rows = _row_indices(index, weight.shape[0], grad_w.device)
             grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
         ctx.graph = None
-        return grad_x, grad_weight, grad_bias, None, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
 def _row_indices(index: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:
@@ -204,6 +239,7 @@ def margin_softmax_loss(
     bias: torch.Tensor | None,
     index: torch.Tensor | None,
     col: torch.Tensor,
+    target_row: torch.Tensor,
     has: torch.Tensor,
     opts: CoreOptions,
 ) -> torch.Tensor:
@@ -216,7 +252,9 @@ def margin_softmax_loss(
         index: (N,) sorted local rows taking part, or None for every row.
         col: (B,) position in ``[0, N)`` of each row's class among the rows taking part; any value
             in range where ``has`` is False.
+        target_row: (B,) row in ``[0, C_r)`` of each row's class in the shard; any row where
+            ``has`` is False.
         has: (B,) bool, whether this shard owns the row's class.
         opts: the margin, the filter, the GEMM dtype and the process group.
     """
-    return _MarginSoftmaxLoss.apply(x, weight, bias, index, col, has, opts)
+    return _MarginSoftmaxLoss.apply(x, weight, bias, index, col, target_row, has, opts)

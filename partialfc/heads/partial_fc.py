@@ -194,7 +194,7 @@ class PartialFC(nn.Module):
             group=group,
         )
         with torch.autocast(device_type, enabled=False):
-            loss = margin_softmax_loss(x, self.weight, self.bias, index, col, has, opts)
+            loss = margin_softmax_loss(x, self.weight, self.bias, index, col, local, has, opts)
         self.last_index = (
             index if index is not None else torch.arange(self.num_local, device=x.device)
         )

@@ -149,3 +149,20 @@ def test_filter_needs_a_cosine_margin() -> None:
         pfc.PartialFC(
             pfc.Softmax(), embedding_size=8, num_classes=10, interclass_filtering_threshold=0.3
         )
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.5])
+def test_rows_streamed_in_small_blocks_give_the_same_result(monkeypatch, rate: float) -> None:
+    import partialfc.heads._core as core
+
+    monkeypatch.setattr(core, "BLOCK_ELEMENTS", 16 * 7)  # 7 rows per block, uneven tail
+    head, x, y = _setup(sample_rate=rate)
+    loss = head(x, y)
+    loss.backward()
+    spec = ref.Spec("combined", s=16.0, m2=0.5)
+    r_loss, r_gx, r_gw, _ = ref.loss_and_grads(
+        spec, x, head.weight, None, y, columns=head.last_index
+    )
+    assert_close(loss.detach(), r_loss, rtol=1e-9, atol=1e-12)
+    assert_close(x.grad, r_gx, rtol=1e-9, atol=1e-12)
+    assert_close(head.weight.grad.to_dense(), r_gw, rtol=1e-9, atol=1e-12)
