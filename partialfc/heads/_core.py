@@ -28,6 +28,26 @@ BLOCK_ELEMENTS = (
 )  # class rows are read in blocks of at most this many elements (64 MiB fp32)
 
 
+class SparseGradMarks:
+    """Values tensors of the sparse gradients the core produced in its last backward.
+
+    Autograd stores a leaf's first sparse gradient as a shallow copy that drops the "coalesced"
+    flag, and an optimizer would then sort and copy all N x D values again. The head's
+    post-accumulate hook restores the flag when the stored gradient still holds exactly the values
+    produced here (a single backward: sorted, unique rows); a sum of several backwards keeps
+    ``is_coalesced() == False`` and is coalesced by the optimizer as it must be.
+    """
+
+    def __init__(self) -> None:
+        self.data_ptrs: set[int] = set()
+
+    def restore_flag(self, param: torch.Tensor) -> None:
+        grad = param.grad
+        if grad is not None and grad.is_sparse and not grad.is_coalesced():
+            if grad._values().data_ptr() in self.data_ptrs:
+                grad._coalesced_(True)
+
+
 @dataclass(frozen=True)
 class CoreOptions:
     """Per-head constants of :func:`margin_softmax_loss`."""
@@ -36,6 +56,7 @@ class CoreOptions:
     filter_threshold: float | None  # zero non-target cosines above it (insightface's filter)
     gemm_dtype: torch.dtype | None  # bf16/fp16 under autocast, None: the inputs' dtype
     group: dist.ProcessGroup | None
+    marks: SparseGradMarks | None = None  # records the sparse values produced by backward
 
 
 def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -216,6 +237,10 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         if want_w:
             rows = _row_indices(index, weight.shape[0], grad_w.device)
             grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
+        if opts.marks is not None:
+            opts.marks.data_ptrs = {
+                t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
+            }
         ctx.graph = None
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 

@@ -18,7 +18,7 @@ from partialfc.distributed import (
     shard_range,
     world_size,
 )
-from partialfc.heads._core import CoreOptions, margin_softmax_loss
+from partialfc.heads._core import CoreOptions, SparseGradMarks, margin_softmax_loss
 from partialfc.margins import Margin
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ class PartialFC(nn.Module):
         )
         self.step = 0  # forward calls so far; with (seed, rank) it seeds the sampling
         self.last_index: torch.Tensor | None = None
+        self._marks = SparseGradMarks()
+        for param in (self.weight, self.bias):
+            if param is not None:
+                param.register_post_accumulate_grad_hook(self._marks.restore_flag)
 
     def _init_rows(self, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         # Global row i gets the same initial value whatever the world size: rows are drawn in
@@ -192,6 +196,7 @@ class PartialFC(nn.Module):
             filter_threshold=self.interclass_filtering_threshold or None,
             gemm_dtype=gemm_dtype,
             group=group,
+            marks=self._marks,
         )
         with torch.autocast(device_type, enabled=False):
             loss = margin_softmax_loss(x, self.weight, self.bias, index, col, local, has, opts)

@@ -166,3 +166,25 @@ def test_rows_streamed_in_small_blocks_give_the_same_result(monkeypatch, rate: f
     assert_close(loss.detach(), r_loss, rtol=1e-9, atol=1e-12)
     assert_close(x.grad, r_gx, rtol=1e-9, atol=1e-12)
     assert_close(head.weight.grad.to_dense(), r_gw, rtol=1e-9, atol=1e-12)
+
+
+def test_single_backward_gradient_is_flagged_coalesced_so_the_optimizer_copies_nothing() -> None:
+    head, x, y = _setup(sample_rate=0.5)
+    head(x, y).backward()
+    assert head.weight.grad.is_coalesced()
+    values = head.weight.grad._values()
+    assert head.weight.grad.coalesce()._values().data_ptr() == values.data_ptr()
+
+
+def test_accumulated_sampled_gradients_update_the_union_of_rows_correctly() -> None:
+    head, x, y = _setup(sample_rate=0.3, classes=60)
+    start = head.weight.detach().clone()
+    expected = torch.zeros_like(start)
+    for sl in (slice(0, 4), slice(4, 8)):  # two backwards, two different samples
+        probe = pfc.PartialFC(pfc.ArcFace(s=16.0, m=0.5), embedding_size=16, num_classes=60, sample_rate=0.3, dtype=torch.float64)
+        probe.load_state_dict(head.state_dict())
+        probe(x[sl], y[sl]).backward()
+        expected += probe.weight.grad.to_dense()
+        head(x[sl], y[sl]).backward()
+    pfc.SparseSGD([head.weight], lr=0.5).step()
+    assert_close(head.weight.detach(), start - 0.5 * expected, rtol=1e-12, atol=1e-14)
