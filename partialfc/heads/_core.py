@@ -43,9 +43,9 @@ class SparseGradMarks:
 
     def restore_flag(self, param: torch.Tensor) -> None:
         grad = param.grad
-        if grad is not None and grad.is_sparse and not grad.is_coalesced():
-            if grad._values().data_ptr() in self.data_ptrs:
-                grad._coalesced_(True)
+        ours = grad is not None and grad.is_sparse and grad._values().data_ptr() in self.data_ptrs
+        if ours and not grad.is_coalesced():
+            grad._coalesced_(True)
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,9 @@ def _check_ddp(rank: int, world: int, summed: bool, expected: list[torch.Tensor]
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_ddp_with_summed_gradients_equals_one_process(world: int, tmp_path) -> None:
-    run_ranks(_check_ddp, world, tmp_path, True, _reference_grads())
+def test_ddp_with_summed_gradients_equals_one_process(world: int) -> None:
+    run_ranks(_check_ddp, world, True, _reference_grads())
 
 
-def test_ddp_default_average_is_off_by_world_size(tmp_path) -> None:
-    run_ranks(_check_ddp, 2, tmp_path, False, _reference_grads())
+def test_ddp_default_average_is_off_by_world_size() -> None:
+    run_ranks(_check_ddp, 2, False, _reference_grads())

@@ -116,16 +116,16 @@ def _check_init(rank, world, expected):
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_center_loss_matches_reference(world, tmp_path):
-    run_ranks(_check_center, world, tmp_path)
+def test_center_loss_matches_reference(world):
+    run_ranks(_check_center, world)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_triplet_losses_match_reference(world, tmp_path):
-    run_ranks(_check_triplet, world, tmp_path)
+def test_triplet_losses_match_reference(world):
+    run_ranks(_check_triplet, world)
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_initial_centres_do_not_depend_on_world_size(world, tmp_path):
+def test_initial_centres_do_not_depend_on_world_size(world):
     assert not torch.distributed.is_initialized()
-    run_ranks(_check_init, world, tmp_path, _init_head().weight.detach())
+    run_ranks(_check_init, world, _init_head().weight.detach())

@@ -193,19 +193,19 @@ def _check_bad_inputs(rank: int, world: int) -> None:
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_every_margin_matches_reference(world: int, tmp_path) -> None:
-    run_ranks(_check_margins, world, tmp_path)
+def test_every_margin_matches_reference(world: int) -> None:
+    run_ranks(_check_margins, world)
 
 
 @pytest.mark.parametrize("world", [1, 3])
-def test_interclass_filtering_matches_reference(world: int, tmp_path) -> None:
-    run_ranks(_check_filter, world, tmp_path)
+def test_interclass_filtering_matches_reference(world: int) -> None:
+    run_ranks(_check_filter, world)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_sampling_rule_and_restricted_loss(world: int, tmp_path) -> None:
-    run_ranks(_check_sampling, world, tmp_path)
+def test_sampling_rule_and_restricted_loss(world: int) -> None:
+    run_ranks(_check_sampling, world)
 
 
-def test_bad_inputs_raise_on_every_rank(tmp_path) -> None:
-    run_ranks(_check_bad_inputs, 2, tmp_path)
+def test_bad_inputs_raise_on_every_rank() -> None:
+    run_ranks(_check_bad_inputs, 2)

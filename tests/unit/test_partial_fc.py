@@ -181,7 +181,13 @@ def test_accumulated_sampled_gradients_update_the_union_of_rows_correctly() -> N
     start = head.weight.detach().clone()
     expected = torch.zeros_like(start)
     for sl in (slice(0, 4), slice(4, 8)):  # two backwards, two different samples
-        probe = pfc.PartialFC(pfc.ArcFace(s=16.0, m=0.5), embedding_size=16, num_classes=60, sample_rate=0.3, dtype=torch.float64)
+        probe = pfc.PartialFC(
+            pfc.ArcFace(s=16.0, m=0.5),
+            embedding_size=16,
+            num_classes=60,
+            sample_rate=0.3,
+            dtype=torch.float64,
+        )
         probe.load_state_dict(head.state_dict())
         probe(x[sl], y[sl]).backward()
         expected += probe.weight.grad.to_dense()
