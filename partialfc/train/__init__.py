@@ -1,0 +1,1 @@
+"""Training: checkpoints that reshard (the trainer, config and schedules build on them)."""

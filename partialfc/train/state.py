@@ -1,0 +1,66 @@
+"""The head's checkpoint entries: row-sharded centres and momentum, plus its counters.
+
+``head_state`` returns entries that wrap the *live* tensors (no copies): DCP saves them from there,
+and loads into them in place, each rank reading exactly the rows it owns under the current world
+size. Load with :func:`partialfc.train.checkpoint.load`, then call :func:`restore_head_state`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from partialfc.heads import PartialFC
+from partialfc.optim import SparseSGD
+from partialfc.train.checkpoint import row_sharded
+
+
+def _ensure_optimizer_state(head: PartialFC, optimizer: SparseSGD) -> None:
+    """Create the momentum buffers before the first step, so they can be saved or loaded into."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if param is head.weight or param is head.bias:
+                state = optimizer.state[param]
+                if group["momentum"] != 0 and "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param)
+                    if group["dampening"] != 0:
+                        state["row_seen"] = torch.zeros(
+                            param.shape[0], dtype=torch.bool, device=param.device
+                        )
+
+
+def head_state(
+    head: PartialFC, optimizer: SparseSGD | None = None, prefix: str = "head"
+) -> dict[str, Any]:
+    """Checkpoint entries of ``head`` (and of ``optimizer``'s state for its parameters)."""
+
+    def sharded(t: torch.Tensor) -> Any:
+        return row_sharded(t, head.class_start, head.num_classes, head.process_group)
+
+    state: dict[str, Any] = {
+        f"{prefix}.weight": sharded(head.weight.detach()),
+        f"{prefix}.step": head.step,
+        f"{prefix}.margin": head.margin.state_dict(),
+    }
+    if head.bias is not None:
+        state[f"{prefix}.bias"] = sharded(head.bias.detach())
+    if optimizer is not None:
+        _ensure_optimizer_state(head, optimizer)
+        for name, param in (("weight", head.weight), ("bias", head.bias)):
+            if param is None:
+                continue
+            for key, value in optimizer.state[param].items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.dim() >= 1
+                    and value.shape[0] == head.num_local
+                ):
+                    state[f"{prefix}.{name}.{key}"] = sharded(value)
+    return state
+
+
+def restore_head_state(head: PartialFC, state: dict[str, Any], prefix: str = "head") -> None:
+    """Apply the non-tensor entries of a loaded :func:`head_state` (tensors were loaded in place)."""
+    head.step = int(state[f"{prefix}.step"])
+    head.margin.load_state_dict(state[f"{prefix}.margin"])
