@@ -1,0 +1,413 @@
+"""Typed training configuration: one dataclass per concern, loaded from TOML.
+
+A run is described by a TOML file (mountable from a Kubernetes ConfigMap, diffable) with the
+sections below; any field can be overridden on the command line as ``--section.key value``.
+Every field is validated when the dataclass is built; errors name the field and what it accepts.
+Nothing here is mutated at run time: the trainer reads a frozen :class:`Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from partialfc import margins
+
+MARGINS = ("arcface", "cosface", "normface", "combined", "sphereface", "lsoftmax", "softmax")
+LOADERS = ("torch", "dali", "synthetic")
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are batched."""
+
+    root: str = ""
+    """Folder with train.rec, train.idx and property (insightface layout)."""
+    loader: str = "torch"
+    """torch (CPU decoding in DataLoader workers), dali (GPU decoding) or synthetic (random)."""
+    global_batch_size: int = 512
+    """Images per optimizer step over all ranks; fixed whatever the world size."""
+    workers: int = 2
+    """Decoding workers (torch) or threads (DALI) per rank."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.loader in LOADERS, "data.loader", f"must be one of {LOADERS}, got {self.loader!r}"
+        )
+        _check(
+            self.global_batch_size > 0,
+            "data.global_batch_size",
+            f"must be > 0, got {self.global_batch_size}",
+        )
+        _check(self.workers >= 0, "data.workers", f"must be >= 0, got {self.workers}")
+        _check(
+            self.loader == "synthetic" or bool(self.root),
+            "data.root",
+            "is required unless data.loader = 'synthetic'",
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone."""
+
+    backbone: str = "iresnet50"
+    """A name from partialfc.backbones.list_backbones()."""
+    embedding_size: int = 512
+    """Width D of the embedding."""
+    dropout: float = 0.0
+    """Dropout before the embedding layer."""
+    checkpoint_activations: bool = False
+    """Recompute activations in backward to save memory."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.embedding_size > 0,
+            "model.embedding_size",
+            f"must be > 0, got {self.embedding_size}",
+        )
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The sharded margin-softmax head."""
+
+    margin: str = "arcface"
+    """arcface, cosface, normface, combined (uses m1, m2, m3), sphereface, lsoftmax or softmax."""
+    s: float = 64.0
+    """Logit scale of the normalised margins."""
+    m1: float = 1.0
+    """Multiplicative angular margin (combined; the integer m of sphereface / lsoftmax)."""
+    m2: float = 0.5
+    """Additive angular margin (arcface, combined)."""
+    m3: float = 0.0
+    """Additive cosine margin (cosface, combined)."""
+    straight_through: bool = False
+    """insightface's gradient: the target back-propagates as if it were s*cos."""
+    sample_rate: float = 1.0
+    """Fraction of each rank's classes scored per step (Partial FC)."""
+    interclass_filtering_threshold: float = 0.0
+    """Zero non-target cosines above this (0 disables)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.margin in MARGINS, "head.margin", f"must be one of {MARGINS}, got {self.margin!r}"
+        )
+        _check(
+            0.0 < self.sample_rate <= 1.0,
+            "head.sample_rate",
+            f"must be in (0, 1], got {self.sample_rate}",
+        )
+        _check(
+            self.interclass_filtering_threshold >= 0,
+            "head.interclass_filtering_threshold",
+            "must be >= 0",
+        )
+        try:
+            self.build_margin()
+        except ValueError as err:
+            raise ValueError(f"head: {err}") from None
+
+    def build_margin(self) -> margins.Margin:
+        """The margin object this section describes."""
+        st = self.straight_through
+        if self.margin == "arcface":
+            return margins.ArcFace(s=self.s, m=self.m2, straight_through=st)
+        if self.margin == "cosface":
+            return margins.CosFace(s=self.s, m=self.m3, straight_through=st)
+        if self.margin == "normface":
+            return margins.NormFace(s=self.s)
+        if self.margin == "combined":
+            return margins.CombinedMargin(
+                s=self.s, m1=self.m1, m2=self.m2, m3=self.m3, straight_through=st
+            )
+        if self.margin == "sphereface":
+            return margins.SphereFace(m=int(self.m1))
+        if self.margin == "lsoftmax":
+            return margins.LSoftmax(m=int(self.m1))
+        return margins.Softmax(bias=True)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizers and the learning-rate schedule (warmup, then polynomial decay to 0)."""
+
+    name: str = "sgd"
+    """Backbone optimizer: sgd or adamw. The class centres always use SparseSGD."""
+    lr: float = 0.1
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (backbone and centres)."""
+    weight_decay: float = 5e-4
+    """L2 penalty (decoupled for adamw)."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to lr."""
+    decay_power: float = 2.0
+    """Polynomial decay exponent after warmup (insightface uses 2)."""
+
+    def __post_init__(self) -> None:
+        _check(
+            self.name in OPTIMIZERS, "optim.name", f"must be one of {OPTIMIZERS}, got {self.name!r}"
+        )
+        _check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.momentum < 1, "optim.momentum", f"must be in [0, 1), got {self.momentum}")
+        _check(
+            self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}"
+        )
+        _check(
+            self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}"
+        )
+        _check(self.decay_power >= 0, "optim.decay_power", f"must be >= 0, got {self.decay_power}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length, precision, checkpoints."""
+
+    max_steps: int = 0
+    """Optimizer steps to run; 0: use epochs."""
+    epochs: int = 20
+    """Passes over the data when max_steps is 0."""
+    output_dir: str = "runs/default"
+    """Checkpoints, metrics.jsonl and the exported model go here."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (also written on SIGTERM/SIGINT and at the end)."""
+    keep_checkpoints: int = 3
+    """Complete checkpoints kept in output_dir."""
+    seed: int = 0
+    """Seeds initialisation, sampling, data order and augmentation."""
+    precision: str = "fp32"
+    """fp32, bf16 (autocast) or fp16 (autocast + one GradScaler for both optimizers)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; the global batch is split into this many."""
+    clip_grad_norm: float = 0.0
+    """Clip the backbone's gradient norm to this (0 disables)."""
+    max_nonfinite_steps: int = 10
+    """Stop after this many consecutive steps with a non-finite loss (each is skipped)."""
+    log_every: int = 10
+    """Steps between console lines."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps >= 0 and self.epochs >= 0, "train.max_steps/epochs", "must be >= 0")
+        _check(
+            self.max_steps > 0 or self.epochs > 0,
+            "train.max_steps",
+            "set train.max_steps or train.epochs",
+        )
+        _check(
+            self.precision in PRECISIONS,
+            "train.precision",
+            f"must be one of {PRECISIONS}, got {self.precision!r}",
+        )
+        _check(
+            self.checkpoint_every > 0,
+            "train.checkpoint_every",
+            f"must be > 0, got {self.checkpoint_every}",
+        )
+        _check(
+            self.keep_checkpoints > 0,
+            "train.keep_checkpoints",
+            f"must be > 0, got {self.keep_checkpoints}",
+        )
+        _check(self.grad_accum > 0, "train.grad_accum", f"must be > 0, got {self.grad_accum}")
+        _check(
+            self.clip_grad_norm >= 0,
+            "train.clip_grad_norm",
+            f"must be >= 0, got {self.clip_grad_norm}",
+        )
+        _check(self.max_nonfinite_steps > 0, "train.max_nonfinite_steps", "must be > 0")
+        _check(self.log_every > 0, "train.log_every", f"must be > 0, got {self.log_every}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Verification on insightface .bin pair sets."""
+
+    sets: list[str] = field(default_factory=list)
+    """Paths of .bin files (lfw.bin, cfp_fp.bin, agedb_30.bin, ...)."""
+    every: int = 0
+    """Steps between evaluations during training (0: only at the end, if sets are given)."""
+    batch_size: int = 256
+    """Images per forward pass of the backbone."""
+
+    def __post_init__(self) -> None:
+        _check(self.every >= 0, "eval.every", f"must be >= 0, got {self.every}")
+        _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Observability."""
+
+    port: int = 0
+    """Prometheus endpoint on port + local_rank; 0 disables."""
+    jsonl: bool = True
+    """Write output_dir/metrics.jsonl, one JSON object per step."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    data: DataConfig
+    model: ModelConfig
+    head: HeadConfig
+    optim: OptimConfig
+    train: TrainConfig
+    eval: EvalConfig
+    metrics: MetricsConfig
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+        """Read a TOML file (or start from defaults) and apply ``--section.key value`` overrides.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: unknown section or key, a value of the wrong type, or a failed check;
+                the message names the field.
+        """
+        raw: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            try:
+                raw = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as err:
+                raise ValueError(f"{path}: invalid TOML: {err}") from None
+        for dotted, text in _pairs(overrides):
+            section, _, key = dotted.partition(".")
+            section_type = _section_type(section)
+            hint = _field_types(section_type).get(key)
+            if hint is None:
+                raise ValueError(
+                    f"unknown option --{dotted}; {section} has {sorted(_field_types(section_type))}"
+                )
+            raw.setdefault(section, {})[key] = _parse(text, hint, dotted)
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build and validate from nested dicts (a parsed TOML file); absent sections use defaults."""
+        unknown = set(raw) - set(_SECTIONS)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {_SECTIONS}")
+        sections = {}
+        for name in _SECTIONS:
+            values = raw.get(name, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"[{name}] must be a table, got {values!r}")
+            sections[name] = _build(_section_type(name), values, name)
+        return cls(**sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = ["data", "model", "head", "optim", "train", "eval", "metrics"]
+
+
+def _section_type(name: str) -> type:
+    if name not in _SECTIONS:
+        raise ValueError(f"unknown config section {name!r}; known: {_SECTIONS}")
+    return typing.get_type_hints(Config)[name]
+
+
+def _field_types(section_type: type) -> dict[str, Any]:
+    return typing.get_type_hints(section_type)
+
+
+def _build(section_type: type, values: dict[str, Any], section: str) -> Any:
+    hints = _field_types(section_type)
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"unknown option {section}.{key}; {section} has {sorted(hints)}")
+        _check(
+            _matches(value, hints[key]),
+            f"{section}.{key}",
+            f"expected {_describe(hints[key])}, got {value!r}",
+        )
+    return section_type(**values)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    return hint is type(None) and value is None
+
+
+def _describe(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _parse(text: str, hint: Any, name: str) -> Any:
+    """A command-line string as the field's type."""
+    try:
+        if hint is bool:
+            lowered = text.lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(text)
+        if hint is float:
+            return float(text)
+        if typing.get_origin(hint) is list:
+            return [v for v in text.split(",") if v]
+        return text
+    except ValueError:
+        raise ValueError(f"--{name}: expected {_describe(hint)}, got {text!r}") from None
+
+
+def _pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
+    """``["--a.b", "1", "--c.d=2"]`` -> ``[("a.b", "1"), ("c.d", "2")]``."""
+    pairs, items = [], list(overrides)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--") or "." not in flag:
+            raise ValueError(f"overrides look like --section.key value, got {flag!r}")
+        name = flag[2:]
+        if "=" in name:
+            name, value = name.split("=", 1)
+        elif items:
+            value = items.pop(0)
+        else:
+            raise ValueError(f"--{name} needs a value")
+        pairs.append((name, value))
+    return pairs

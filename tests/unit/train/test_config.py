@@ -1,0 +1,103 @@
+import pytest
+
+import partialfc as pfc
+from partialfc.train.config import Config
+
+TOML = """
+[data]
+root = "/data/ms1mv3"
+loader = "dali"
+global_batch_size = 1024
+
+[model]
+backbone = "iresnet50"
+
+[head]
+margin = "combined"
+m1 = 1.0
+m2 = 0.3
+m3 = 0.2
+sample_rate = 0.2
+
+[train]
+max_steps = 5000
+precision = "bf16"
+
+[eval]
+sets = ["lfw.bin", "agedb_30.bin"]
+"""
+
+
+def _write(tmp_path, text=TOML):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_toml_sections_become_typed_and_frozen(tmp_path) -> None:
+    cfg = Config.load(_write(tmp_path))
+    assert cfg.data.loader == "dali" and cfg.data.global_batch_size == 1024
+    assert cfg.head.sample_rate == 0.2 and cfg.train.precision == "bf16"
+    assert cfg.eval.sets == ["lfw.bin", "agedb_30.bin"]
+    assert cfg.optim.lr == 0.1 and cfg.metrics.port == 0, "absent keys keep their defaults"
+    margin = cfg.head.build_margin()
+    assert isinstance(margin, pfc.CombinedMargin) and (margin.m2, margin.m3) == (0.3, 0.2)
+    with pytest.raises(AttributeError):
+        cfg.train.max_steps = 1  # type: ignore[misc]
+
+
+def test_command_line_overrides_are_parsed_to_the_field_type(tmp_path) -> None:
+    cfg = Config.load(
+        _write(tmp_path),
+        [
+            "--train.max_steps",
+            "7",
+            "--optim.lr=0.05",
+            "--head.straight_through",
+            "true",
+            "--eval.sets",
+            "a.bin,b.bin",
+        ],
+    )
+    assert cfg.train.max_steps == 7 and cfg.optim.lr == 0.05
+    assert cfg.head.straight_through is True and cfg.eval.sets == ["a.bin", "b.bin"]
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["--head.margin", "bogus"], r"head\.margin: must be one of"),
+        (["--head.sample_rate", "0"], r"head\.sample_rate: must be in \(0, 1\]"),
+        (["--train.precision", "fp8"], r"train\.precision"),
+        (["--train.max_steps", "ten"], r"--train\.max_steps: expected int, got 'ten'"),
+        (["--head.bogus", "1"], r"unknown option --head\.bogus"),
+        (["--nosection.key", "1"], r"unknown config section 'nosection'"),
+        (["--data.loader", "torch", "--data.root", ""], r"data\.root: is required"),
+        (["--head.m2", "-0.5"], r"head: m2 must be >= 0"),
+        (["train.max_steps", "3"], r"--section\.key value"),
+        (["--train.max_steps"], r"needs a value"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path, overrides, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        Config.load(_write(tmp_path), overrides)
+
+
+def test_wrong_types_in_the_file_name_the_field(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"data\.global_batch_size: expected int, got '1024'"):
+        Config.load(
+            _write(tmp_path, TOML.replace("global_batch_size = 1024", 'global_batch_size = "1024"'))
+        )
+    with pytest.raises(ValueError, match=r"unknown config section\(s\) \['extra'\]"):
+        Config.load(_write(tmp_path, TOML + "\n[extra]\nx = 1\n"))
+    with pytest.raises(ValueError, match="invalid TOML"):
+        Config.load(_write(tmp_path, "[data\n"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Config.load(tmp_path / "missing.toml")
+
+
+def test_a_missing_required_section_says_what_is_needed() -> None:
+    with pytest.raises(ValueError, match=r"data\.root: is required"):
+        Config.from_dict({})
+    cfg = Config.from_dict({"data": {"loader": "synthetic"}})
+    assert cfg.train.epochs == 20 and cfg.train.max_steps == 0
