@@ -1,0 +1,77 @@
+"""A real Prometheus server (Debian's package) scrapes a PrometheusSink and answers queries."""
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from partialfc.metrics import PrometheusSink
+
+PROMETHEUS = shutil.which("prometheus")
+pytestmark = pytest.mark.skipif(
+    PROMETHEUS is None, reason="Debian's prometheus is not installed (.ci/run installs it)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _query(port: int, promql: str) -> list:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_scrapes_the_trainer_metrics(tmp_path) -> None:
+    sink = PrometheusSink(port=0, host="127.0.0.1", rank=0)
+    sink.log_dict(
+        {
+            "loss": 1.25,
+            "lr": 0.1,
+            "samples_per_second": 512.0,
+            "time/total": 0.3,
+            "nonfinite_steps": 2,
+        },
+        step=7,
+    )
+    web = _free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n  - job_name: partialfc\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{sink.port}']\n"
+    )
+    server = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{web}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline, result = time.monotonic() + 60, []
+        while time.monotonic() < deadline and not result:
+            time.sleep(1)
+            try:
+                result = _query(web, 'partialfc_loss{job="partialfc"}')
+            except OSError:
+                continue  # the server is still starting
+        assert result, "Prometheus never scraped the endpoint"
+        assert float(result[0]["value"][1]) == 1.25
+        assert result[0]["metric"]["rank"] == "0"
+        assert float(_query(web, "partialfc_step")[0]["value"][1]) == 7
+        assert float(_query(web, "partialfc_learning_rate")[0]["value"][1]) == 0.1
+        assert float(_query(web, "partialfc_nonfinite_steps_total")[0]["value"][1]) == 2
+        assert float(_query(web, 'partialfc_step_seconds_count{phase="total"}')[0]["value"][1]) == 1
+        assert float(_query(web, 'up{job="partialfc"}')[0]["value"][1]) == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        sink.close()
