@@ -47,6 +47,10 @@ class DataConfig:
     """Images per optimizer step over all ranks; fixed whatever the world size."""
     workers: int = 2
     """Decoding workers (torch) or threads (DALI) per rank."""
+    num_classes: int = 0
+    """Classes of the synthetic loader (read from ``property`` for real data)."""
+    image_size: int = 112
+    """Side of the synthetic loader's square images."""
 
     def __post_init__(self) -> None:
         _check(

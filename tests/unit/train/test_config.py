@@ -99,5 +99,7 @@ def test_wrong_types_in_the_file_name_the_field(tmp_path) -> None:
 def test_a_missing_required_section_says_what_is_needed() -> None:
     with pytest.raises(ValueError, match=r"data\.root: is required"):
         Config.from_dict({})
-    cfg = Config.from_dict({"data": {"loader": "synthetic"}})
+    cfg = Config.from_dict({"data": {"loader": "synthetic", "num_classes": 10}})
+    with pytest.raises(ValueError, match=r"data\.num_classes"):
+        Config.from_dict({"data": {"loader": "synthetic"}})
     assert cfg.train.epochs == 20 and cfg.train.max_steps == 0

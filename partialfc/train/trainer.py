@@ -1,0 +1,337 @@
+"""The training loop: DDP backbone, PartialFC head, checkpoints, metrics, evaluation.
+
+One optimizer step consumes one global batch (``data.global_batch_size`` images over all ranks),
+split into ``train.grad_accum`` micro-batches. The head's loss is the mean over the global
+(micro-)batch and identical on every rank; the backbone's DDP all-reduce *sums* its gradients
+(see :func:`partialfc.distributed.use_global_loss_gradients`), and each micro-batch's loss is
+divided by ``grad_accum``, so every step applies the exact gradient of the global batch's mean loss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.nn.parallel import DistributedDataParallel
+
+from partialfc import backbones
+from partialfc.distributed import all_reduce_max, use_global_loss_gradients
+from partialfc.heads import PartialFC
+from partialfc.metrics import JsonlSink, MetricSink, MultiSink, PrometheusSink
+from partialfc.optim import SparseSGD
+from partialfc.train import checkpoint
+from partialfc.train.config import Config
+from partialfc.train.data import build_loader
+from partialfc.train.evaluation import evaluate_sets
+from partialfc.train.runtime import Runtime
+from partialfc.train.schedule import learning_rate
+from partialfc.train.state import head_state, restore_head_state
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss."""
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`Config` and runs it; resumable at any step."""
+
+    def __init__(self, cfg: Config, rt: Runtime) -> None:
+        self.cfg, self.rt = cfg, rt
+        self.output_dir = Path(cfg.train.output_dir)
+        if cfg.data.global_batch_size % (rt.world_size * cfg.train.grad_accum):
+            raise ValueError(
+                f"data.global_batch_size ({cfg.data.global_batch_size}) must be divisible by the world "
+                f"size ({rt.world_size}) times train.grad_accum ({cfg.train.grad_accum})"
+            )
+        torch.manual_seed(cfg.train.seed)  # the same backbone initialisation on every rank
+        self.loader = build_loader(cfg, rt)
+        self.num_classes = self.loader.num_classes
+        model = backbones.create(
+            cfg.model.backbone,
+            embedding_size=cfg.model.embedding_size,
+            dropout=cfg.model.dropout,
+            checkpoint_activations=cfg.model.checkpoint_activations,
+        ).to(rt.device)
+        self.backbone = model
+        if rt.distributed:
+            self.model: torch.nn.Module = DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
+            )
+            use_global_loss_gradients(self.model)
+        else:
+            self.model = model
+        self.head = PartialFC(
+            cfg.head.build_margin(),
+            cfg.model.embedding_size,
+            self.num_classes,
+            sample_rate=cfg.head.sample_rate,
+            seed=cfg.train.seed,
+            interclass_filtering_threshold=cfg.head.interclass_filtering_threshold,
+            device=rt.device,
+        )
+        o = cfg.optim
+        if o.name == "sgd":
+            self.opt_backbone: torch.optim.Optimizer = torch.optim.SGD(
+                model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+            )
+        else:
+            self.opt_backbone = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        head_params = [p for p in (self.head.weight, self.head.bias) if p is not None]
+        self.opt_head = SparseSGD(head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        # One scaler for both optimizers: one loss scale, each optimizer skips on its own infs.
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.precision == "fp16")
+        self.total_steps = cfg.train.max_steps or cfg.train.epochs * len(self.loader)
+        self.step = 0
+        self.nonfinite_total = 0
+        self.nonfinite_in_a_row = 0
+        self.last_checkpoint_time = time.time()
+        self._stop_requested = False
+        self.sink = self._build_sink()
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _build_sink(self) -> MetricSink:
+        sinks: list[MetricSink] = []
+        if self.cfg.metrics.jsonl and self.rt.is_main:
+            sinks.append(JsonlSink(self.output_dir / "metrics.jsonl"))
+        if self.cfg.metrics.port:
+            sinks.append(
+                PrometheusSink(self.cfg.metrics.port + self.rt.local_rank, rank=self.rt.rank, healthy=lambda: True)
+            )
+        return MultiSink(sinks)
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum: int, _frame: Any) -> None:
+            self._stop_requested = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, request_stop)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": get_model_state_dict(self.backbone),
+            "optim.backbone": get_optimizer_state_dict(self.backbone, self.opt_backbone),
+            **head_state(self.head, self.opt_head),
+            "scaler": self.scaler.state_dict(),
+            "trainer": {"step": self.step, "nonfinite_total": self.nonfinite_total},
+            "data": self.loader.state_dict(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint.save(self._state(), self.output_dir, self.step, keep=self.cfg.train.keep_checkpoints)
+        # Per-rank RNG streams (dropout) go beside the DCP files; a run resumed on another world
+        # size reseeds from (seed, step, rank) instead.
+        torch.save(_rng_state(), path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt")
+        if self.rt.is_main:
+            (path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        self.last_checkpoint_time = time.time()
+        self.sink.log_dict({"checkpoint_time": self.last_checkpoint_time}, self.step)
+        return path
+
+    def resume(self) -> bool:
+        """Continue from the newest complete checkpoint in ``output_dir``, if any."""
+        path = checkpoint.latest_checkpoint(self.output_dir)
+        if path is None:
+            return False
+        state = self._state()
+        checkpoint.load(state, path)
+        set_model_state_dict(self.backbone, state["model"])
+        set_optimizer_state_dict(self.backbone, self.opt_backbone, state["optim.backbone"])
+        restore_head_state(self.head, state)
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["trainer"]["step"])
+        self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
+        self.loader.load_state_dict(state["data"])
+        rng = path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt"
+        if rng.exists():
+            _set_rng_state(torch.load(rng, weights_only=False))
+        else:
+            torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rt.rank)
+        if self.rt.is_main:
+            print(f"resumed from {path} at step {self.step}", flush=True)
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def _batches(self):
+        while True:
+            yield from self.loader
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """One optimizer step on this rank's part of the global batch; returns the loss (tensor)."""
+        cfg, rt = self.cfg, self.rt
+        lr = learning_rate(self.step, cfg.optim.lr, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power)
+        for opt in (self.opt_backbone, self.opt_head):
+            for group in opt.param_groups:
+                group["lr"] = lr
+        amp = AMP_DTYPES.get(cfg.train.precision)
+        k = cfg.train.grad_accum
+        micro = images.shape[0] // k
+        times = {"forward": 0.0, "backward": 0.0}
+        total = torch.zeros((), device=rt.device)
+        self.opt_backbone.zero_grad(set_to_none=True)
+        self.opt_head.zero_grad(set_to_none=True)
+        for i in range(k):
+            sl = slice(i * micro, (i + 1) * micro)
+            # DDP all-reduces only after the last micro-batch: the sum of all of them.
+            sync = i == k - 1 or not isinstance(self.model, DistributedDataParallel)
+            no_sync = contextlib.nullcontext() if sync else self.model.no_sync()
+            t0 = time.perf_counter()
+            with no_sync:
+                with torch.autocast(rt.device.type, dtype=amp, enabled=amp is not None):
+                    loss = self.head(self.model(images[sl]), labels[sl]) / k
+                t1 = time.perf_counter()
+                self.scaler.scale(loss).backward()
+            times["forward"] += t1 - t0
+            times["backward"] += time.perf_counter() - t1
+            total += loss.detach()
+
+        t0 = time.perf_counter()
+        # The loss is the same on every rank; the stop flag must be agreed on: one small collective.
+        flags = all_reduce_max(
+            torch.stack([(~torch.isfinite(total)).float(), torch.tensor(float(self._stop_requested), device=rt.device)])
+        ).tolist()
+        finite, self._stop_requested = flags[0] == 0.0, flags[1] > 0.0
+        grad_norm = math.nan
+        if finite:
+            self.scaler.unscale_(self.opt_backbone)
+            if cfg.train.clip_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.train.clip_grad_norm))
+            self.scaler.step(self.opt_backbone)
+            self.scaler.step(self.opt_head)
+            self.scaler.update()
+            self.nonfinite_in_a_row = 0
+        else:
+            self.nonfinite_total += 1
+            self.nonfinite_in_a_row += 1
+            if self.nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
+                raise NonFiniteLossError(
+                    f"{self.nonfinite_in_a_row} consecutive steps had a non-finite loss (last at step "
+                    f"{self.step}); lower optim.lr, use train.precision = 'bf16' or check the data"
+                )
+        times["optimizer"] = time.perf_counter() - t0
+        self.step += 1
+        return total, {"lr": lr, "grad_norm": grad_norm, **{f"time/{k_}": v for k_, v in times.items()}}
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps`` (or until SIGTERM/SIGINT), checkpointing on the way."""
+        cfg, rt = self.cfg, self.rt
+        self._install_signal_handlers()
+        self.resume()
+        progress = _Progress(self.total_steps, self.step, enabled=rt.is_main)
+        batches = self._batches()
+        global_batch = cfg.data.global_batch_size
+        losses: list[float] = []
+        stopped = False
+        while self.step < self.total_steps:
+            t0 = time.perf_counter()
+            images, labels = next(batches)
+            images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+            t_data = time.perf_counter() - t0
+            loss, info = self.train_step(images, labels)
+            step_time = time.perf_counter() - t0
+            loss_value = float(loss)
+            losses.append(loss_value)
+            values = {
+                "loss": loss_value,
+                "samples_per_second": global_batch / step_time,
+                "time/data": t_data,
+                "time/total": step_time,
+                "nonfinite_steps": float(self.nonfinite_total),
+                "memory_bytes": float(_peak_memory(rt.device)),
+                **info,
+            }
+            self.sink.log_dict({k: v for k, v in values.items() if not (k == "grad_norm" and math.isnan(v))}, self.step)
+            progress.update(self.step, loss_value, values["samples_per_second"])
+            if cfg.eval.sets and cfg.eval.every and self.step % cfg.eval.every == 0:
+                self._evaluate()
+            if self._stop_requested:
+                stopped = True
+                break
+            if self.step % cfg.train.checkpoint_every == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        progress.close()
+        results = {} if stopped or not cfg.eval.sets else self._evaluate()
+        self.sink.close()
+        return {"step": self.step, "stopped": stopped, "losses": losses, "eval": results}
+
+    def _evaluate(self) -> dict[str, float]:
+        results = evaluate_sets(self.backbone, self.cfg.eval.sets, self.cfg.eval.batch_size, self.rt)
+        self.sink.log_dict({f"eval/{name}": acc for name, acc in results.items()}, self.step)
+        if self.rt.is_main:
+            print("  ".join(f"{name} {acc:.4f}" for name, acc in results.items()), flush=True)
+        return results
+
+
+class _Progress:
+    """Rank-0 progress bar with ETA and samples/s (tqdm when installed, plain lines otherwise)."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.bar = None
+        self.enabled = enabled
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+            except ImportError:
+                self.bar = None
+        self.total, self.last = total, start
+
+    def update(self, step: int, loss: float, samples_per_second: float) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.last)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False)
+        elif step % 10 == 0 or step == self.total:
+            print(f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_second:.0f} samples/s", flush=True)
+        self.last = step
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
