@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch.distributed as dist
 
 
-
 def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
     """Whether collectives over ``group`` involve more than this process."""
     return world_size(group) > 1
