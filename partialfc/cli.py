@@ -15,7 +15,7 @@ from collections.abc import Sequence
 # and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("partialfc.demo", "run the embedded demo (no GPU, no downloads)"),
-    "pack": ("partialfc.data.pack", "pack an image folder or .lst into insightface RecordIO"),
+    "pack": ("partialfc.data.packer", "pack an image folder or .lst into insightface RecordIO"),
     "inspect": ("partialfc.data.inspect", "summarise (and --verify) an insightface RecordIO set"),
     "synth": ("partialfc.data.synth", "generate a synthetic face dataset and a verification .bin"),
 }

@@ -150,7 +150,8 @@ class RecordLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Position to resume from: epoch and batches already consumed in it."""
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.sampler.seed,
+        epoch, batch = (self.epoch + 1, 0) if self.batch >= len(self) else (self.epoch, self.batch)
+        return {"epoch": epoch, "batch": batch, "seed": self.sampler.seed,
                 "global_batch_size": self.sampler.global_batch_size,
                 "num_samples": self.sampler.num_samples}
 
