@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from partialfc.data.images import decode_image
 from partialfc.data.layout import FaceRecord
@@ -24,10 +24,9 @@ log = logging.getLogger(__name__)
 class RecordDataset(Dataset):
     """Decoded images and labels of an insightface-layout dataset.
 
-    ``dataset[i]`` or ``dataset[(i, flip)]`` returns ``(image_u8 (3, H, W), label)`` for the
-    ``i``-th image (key ``image_keys[i]``), mirrored left-right when ``flip``. Normalisation to
-    [-1, 1] float happens once per batch in the loader: uint8 crosses the worker boundary at a
-    quarter of the bytes.
+    ``dataset[i]`` or ``dataset[(i, flip)]`` returns ``(image (H, W, 3) uint8, label)`` for the
+    ``i``-th image (key ``image_keys[i]``), mirrored left-right when ``flip``;
+    :func:`collate_u8` and :func:`normalize` turn a list of them into a float NCHW batch.
 
     Args:
         root: dataset folder (``train.rec``, ``train.idx``, ``property``) or a ``.rec`` path.
@@ -77,32 +76,54 @@ class RecordDataset(Dataset):
             image = image[:, ::-1]
         return image, label
 
-    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[torch.Tensor, int] | None:
+    def __getitem__(self, item: int | tuple[int, bool]) -> tuple[np.ndarray, int] | None:
+        """``(HxWx3 uint8 RGB, label)`` of ``item = index`` or ``(index, flip)``.
+
+        Returns None for a corrupt record when ``skip_corrupt`` (the loader drops it).
+        """
         index, flip = item if isinstance(item, tuple) else (item, False)
         try:
-            image, label = self.load(int(index), bool(flip))
+            return self.load(int(index), bool(flip))
         except ValueError:  # RecordIOError and DatasetError are ValueErrors
             if not self.skip_corrupt:
                 raise
             log.warning("skipping corrupt sample %d", index, exc_info=True)
             return None
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), label
 
 
-def collate_u8(samples: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stacks ``(3, H, W)`` uint8 images and labels; drops None (skipped corrupt samples)."""
+def collate_u8(samples: list[tuple[np.ndarray, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """HWC uint8 samples -> ``(uint8 (N, 3, H, W), int64 (N,))``; drops None (skipped samples).
+
+    In a DataLoader worker the batch is written straight into shared memory, so handing it to
+    the main process costs no further copy; uint8 is a quarter of the bytes of float32, and on
+    small images that transfer, not decoding, is what limits a worker.
+    """
     kept = [s for s in samples if s is not None]
-    if not kept:
-        return torch.zeros(0, 0, 0, 0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int64)
-    images = torch.stack([s[0] for s in kept])
     labels = torch.tensor([s[1] for s in kept], dtype=torch.int64)
-    return images, labels
+    if not kept:
+        return torch.zeros(0, 3, 0, 0, dtype=torch.uint8), labels
+    height, width, _ = kept[0][0].shape
+    batch = torch.empty((len(kept), 3, height, width), dtype=torch.uint8)
+    if get_worker_info() is not None:
+        batch.share_memory_()
+    out = batch.numpy()
+    for i, (image, _) in enumerate(kept):
+        out[i] = image.transpose(2, 0, 1)
+    return batch, labels
 
 
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float32 in [-1, 1], ``(x/255 - 0.5)/0.5`` up to one rounding.
+    """uint8 NCHW -> float32 in [-1, 1]: ``(x/255 - 0.5)/0.5``, up to one rounding.
 
-    Computed as ``(x - 127.5) * (1/127.5)`` in float32, which is bit-identical to DALI's
+    Computed as ``(x - 127.5) * (1/127.5)`` in float32, bit-identical to DALI's
     ``crop_mirror_normalize`` with mean = std = 127.5 (it multiplies by the reciprocal std).
+    On the CPU numpy does it: torch would start its intra-op thread pool in a process whose
+    cores the DataLoader workers already use, and oversubscribed OpenMP regions can turn a
+    millisecond into tens of them.
     """
-    return images_u8.to(torch.float32).sub_(127.5).mul_(1.0 / 127.5)
+    if images_u8.device.type != "cpu":
+        return images_u8.to(torch.float32).sub_(127.5).mul_(1.0 / 127.5)
+    out = images_u8.numpy().astype(np.float32)
+    out -= np.float32(127.5)
+    out *= np.float32(1.0 / 127.5)
+    return torch.from_numpy(out)

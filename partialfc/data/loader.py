@@ -117,14 +117,16 @@ class RecordLoader:
         shuffle: permute the samples each epoch.
         flip: random horizontal flips.
         num_workers: decoding processes (0 decodes in this process).
-        pin_memory: pin the uint8 batches (for a following ``.cuda(non_blocking=True)``).
+        pin_memory: pin the uint8 batches (faster copies to ``device``).
         prefetch_factor: batches prefetched per worker.
+        device: where batches are yielded; with a CUDA device the uint8 batch is copied there
+            and normalised on it (a quarter of the bytes over PCIe, no CPU float pass).
     """
 
     def __init__(self, dataset: RecordDataset | str | os.PathLike[str], batch_size: int,
                  world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
                  flip: bool = True, num_workers: int = 2, pin_memory: bool = False,
-                 prefetch_factor: int = 4) -> None:
+                 prefetch_factor: int = 4, device: torch.device | str | None = None) -> None:
         self.dataset = dataset if isinstance(dataset, RecordDataset) else RecordDataset(dataset)
         self.sampler = GlobalBatchSampler(len(self.dataset), batch_size, world_size, rank, seed,
                                           shuffle, flip)
@@ -133,6 +135,7 @@ class RecordLoader:
             collate_fn=collate_u8, pin_memory=pin_memory, persistent_workers=num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )
+        self.device = None if device is None else torch.device(device)
         self.epoch = 0
         self.batch = 0  # batches of `epoch` already handed to the caller
 
@@ -145,6 +148,9 @@ class RecordLoader:
         self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch
         for images, labels in self._loader:
             self.batch += 1
+            if self.device is not None:
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
             yield normalize(images), labels
         self.epoch, self.batch = self.epoch + 1, 0
 
