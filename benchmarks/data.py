@@ -2,8 +2,8 @@
 
 Generates a ``synth`` dataset (112x112 JPEG) into a temporary folder, then times full epochs of
 each loader at the same number of threads (DataLoader workers / DALI threads): decode, random
-flip, normalise to float32 NCHW in [-1, 1]. Reports the median of several timed epochs after
-warm-up epochs, prints a table and writes JSON.
+flip, normalise to float32 NCHW in [-1, 1]. Epochs of the loaders are interleaved; reports the
+median of several timed epochs after warm-up epochs, prints a table and writes JSON.
 
     python benchmarks/data.py --threads 2 --out benchmarks/results/data.json
 """
@@ -25,25 +25,20 @@ import torch
 from partialfc.data import RecordLoader, SynthConfig, synth_dataset
 
 
-def time_epochs(loader, warmup: int, passes: int) -> list[float]:
-    """Images per second of each timed epoch (after ``warmup`` untimed ones)."""
-    rates = []
-    for i in range(warmup + passes):
-        n = 0
-        start = time.perf_counter()
-        for images, _ in loader:
-            n += images.shape[0]
-        if images.is_cuda:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-        if i >= warmup:
-            rates.append(n / elapsed)
-    return rates
+def time_epoch(loader) -> float:
+    """Images per second of one full epoch of ``loader``."""
+    n = 0
+    start = time.perf_counter()
+    for images, _ in loader:
+        n += images.shape[0]
+    if images.is_cuda:
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--identities", type=int, default=100)
+    parser.add_argument("--identities", type=int, default=200)
     parser.add_argument("--images-per-identity", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2, help="workers / DALI threads")
@@ -60,31 +55,37 @@ def main() -> None:
             cfg = SynthConfig(identities=args.identities,
                               images_per_identity=args.images_per_identity, val_pairs=0)
             synth_dataset(root, cfg, workers=os.cpu_count())
-        rows = []
-
-        def add(name: str, loader) -> None:
-            rates = time_epochs(loader, args.warmup, args.passes)
-            rows.append({"loader": name, "threads": args.threads,
-                         "median_img_s": statistics.median(rates),
-                         "min_img_s": min(rates), "max_img_s": max(rates), "passes": rates})
-
-        add("torch DataLoader (baseline)", RecordLoader(
-            root, args.batch_size, num_workers=args.threads, seed=0))
+        loaders = {"torch DataLoader (baseline)": RecordLoader(
+            root, args.batch_size, num_workers=args.threads, seed=0)}
         if importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali"):
             from partialfc.data.dali import DaliLoader
 
-            add("DALI cpu", DaliLoader(root, args.batch_size, num_threads=args.threads,
-                                       device="cpu"))
+            loaders["DALI cpu"] = DaliLoader(root, args.batch_size, num_threads=args.threads,
+                                             device="cpu")
             if torch.cuda.is_available():
-                add("DALI mixed (GPU decode)", DaliLoader(
-                    root, args.batch_size, num_threads=args.threads, device="gpu"))
-        images = len(RecordLoader(root, args.batch_size, num_workers=0)) * args.batch_size
+                loaders["DALI mixed (GPU decode)"] = DaliLoader(
+                    root, args.batch_size, num_threads=args.threads, device="gpu")
+        images = len(loaders["torch DataLoader (baseline)"]) * args.batch_size
+        load_before = os.getloadavg()
+        rates: dict[str, list[float]] = {name: [] for name in loaders}
+        # Interleaved epochs (A B A B ...): load from other processes on the machine then
+        # falls on every loader alike instead of on whichever happened to run during it.
+        for i in range(args.warmup + args.passes):
+            for name, loader in loaders.items():
+                rate = time_epoch(loader)
+                if i >= args.warmup:
+                    rates[name].append(rate)
+        load_after = os.getloadavg()
+        rows = [{"loader": name, "threads": args.threads, "median_img_s": statistics.median(r),
+                 "min_img_s": min(r), "max_img_s": max(r), "passes": r}
+                for name, r in rates.items()]
 
     base = rows[0]["median_img_s"]
     for row in rows:
         row["speedup_vs_baseline"] = row["median_img_s"] / base
     print(f"{images} images/epoch, 112x112 JPEG, batch {args.batch_size}, {args.threads} threads, "
-          f"median of {args.passes} epochs after {args.warmup} warm-up")
+          f"median of {args.passes} interleaved epochs after {args.warmup} warm-up; "
+          f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
     print(f"| {'loader':<28} | threads | img/s (median) | min..max      | vs baseline |")
     print(f"|{'-' * 30}|---------|----------------|---------------|-------------|")
     for r in rows:
@@ -95,7 +96,8 @@ def main() -> None:
         "baseline": rows[0]["loader"], "images_per_epoch": images, "batch_size": args.batch_size,
         "threads": args.threads, "warmup": args.warmup, "passes": args.passes,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "cuda": torch.cuda.is_available()},
+                    "cuda": torch.cuda.is_available(), "loadavg_before": load_before,
+                    "loadavg_after": load_after},
         "rows": rows,
     }
     out = Path(args.out)
