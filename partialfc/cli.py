@@ -15,6 +15,9 @@ from collections.abc import Sequence
 # and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("partialfc.demo", "run the embedded demo (no GPU, no downloads)"),
+    "pack": ("partialfc.data.packer", "pack an image folder or .lst into insightface RecordIO"),
+    "inspect": ("partialfc.data.inspect", "summarise (and --verify) an insightface RecordIO set"),
+    "synth": ("partialfc.data.synth", "generate a synthetic face dataset and a verification .bin"),
 }
 
 
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    known, _rest = parser.parse_known_args(argv[:1] or argv)
+    known, _ = parser.parse_known_args(argv[:1] or argv)
     module = importlib.import_module(known._module)
     command = argparse.ArgumentParser(
         prog=f"partialfc {known.command}", description=COMMANDS[known.command][1]
