@@ -1,0 +1,15 @@
+"""Backbones: images (N, 3, 112, 112) -> embeddings (N, D), built by name from one registry.
+
+    from partialfc import backbones
+    model = backbones.create("iresnet50", embedding_size=512, checkpoint_activations=True)
+    backbones.list_backbones()  # ['iresnet100', 'iresnet18', ..., 'mbf', 'mobilefacenet']
+
+A new backbone joins by decorating its factory with :func:`register` in a module imported here;
+the registry-driven tests then cover it.
+"""
+
+# Imported for their @register side effect: the registry is complete once this package is.
+from partialfc.backbones import iresnet, mobilefacenet
+from partialfc.backbones._registry import create, list_backbones, register
+
+__all__ = ["create", "iresnet", "list_backbones", "mobilefacenet", "register"]

@@ -1,0 +1,334 @@
+"""Every registered backbone, tested by name: registering a backbone is what gets it tested.
+
+The expensive checks (backward, float64, ONNX, checkpointing, batch-2 training forward) of the
+big variants, and the dynamo ONNX exporter (10-20 s per model), carry the ``slow`` marker and run
+only with ``PARTIALFC_RUN_SLOW=1``::
+
+    PARTIALFC_RUN_SLOW=1 python -m pytest -q tests/unit/backbones
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from partialfc import backbones
+
+NAMES = backbones.list_backbones()
+# Above this a float32 training step takes seconds on one CPU core. iresnet18 stays below and runs
+# every code path of its family: the deeper variants differ from it only in block counts.
+HEAVY_PARAMS = 30_000_000
+RUN_SLOW = os.environ.get("PARTIALFC_RUN_SLOW") == "1"
+SLOW = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not RUN_SLOW, reason="slow: set PARTIALFC_RUN_SLOW=1"),
+]
+DIM = 64  # a narrow embedding keeps iresnet's 25088 x D fc small in the tests
+IMAGE = (3, 112, 112)
+
+
+def _meta_model(name: str, **kwargs: object) -> nn.Module:
+    """The backbone without storage: structure and parameter shapes for free."""
+    with torch.device("meta"):
+        return backbones.create(name, **kwargs)
+
+
+def _num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _case(*values: str, slow: bool) -> object:
+    return pytest.param(*values, marks=SLOW if slow else ())
+
+
+HEAVY = {n for n in NAMES if _num_params(_meta_model(n)) > HEAVY_PARAMS}
+CASES = [_case(n, slow=n in HEAVY) for n in NAMES]
+ONNX_CASES = [
+    _case(n, exporter, slow=n in HEAVY or exporter == "dynamo")
+    for n in NAMES
+    for exporter in ("torchscript", "dynamo")
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # On a shared, busy CPU, intra-op threads spin against each other: a small convolution took
+    # 40x longer with 2 threads than with 1. One thread keeps this module's timing predictable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(name: str, seed: int = 0, **kwargs: object) -> nn.Module:
+    torch.manual_seed(seed)
+    return backbones.create(name, embedding_size=DIM, **kwargs)
+
+
+def _images(batch: int, seed: int = 1, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(batch, *IMAGE, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _calibrate(model: nn.Module, batch: int = 4) -> nn.Module:
+    """Set BatchNorm running statistics from one batch, then switch to eval.
+
+    At initialisation the running statistics are (0, 1), and an eval forward then scales
+    activations by orders of magnitude over the depth (1e-6 to 1e8 at the output); with statistics
+    of real activations, eval outputs are O(1) and absolute tolerances mean something.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(_images(batch, seed=7))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    return model.eval()
+
+
+# --- registry ---------------------------------------------------------------------------------
+
+
+def test_registry_lists_every_family() -> None:
+    assert {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"} <= set(NAMES)
+    assert {"mobilefacenet", "mbf"} <= set(NAMES)
+    assert sorted(NAMES) == NAMES
+
+
+def test_unknown_name_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown backbone 'resnet50'") as info:
+        backbones.create("resnet50")
+    for name in NAMES:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0, -3, 1.5, True])
+def test_bad_embedding_size(size: object) -> None:
+    with pytest.raises(ValueError, match="embedding_size"):
+        backbones.create("mobilefacenet", embedding_size=size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["iresnet18", "mobilefacenet"])
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_bad_dropout(name: str, dropout: float) -> None:
+    with pytest.raises(ValueError, match="dropout"):
+        _meta_model(name, dropout=dropout)
+
+
+def test_registering_a_name_twice_fails() -> None:
+    def iresnet50(embedding_size: int = 512) -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="already registered"):
+        backbones.register(iresnet50)
+    assert backbones.list_backbones() == NAMES
+
+
+# --- structure: parameter counts and insightface names ---------------------------------------
+
+
+def _iresnet_formula(layers: tuple[int, ...], dim: int) -> int:
+    """IResNet's parameter count from the architecture's description alone."""
+    bn = 2  # weight and bias per channel
+    total = 3 * 64 * 9 + bn * 64 + 64  # stem: conv, bn1, prelu
+    c_in = 64
+    for c, n in zip((64, 128, 256, 512), layers, strict=True):
+        for i in range(n):
+            block_in = c_in if i == 0 else c
+            total += bn * block_in + block_in * c * 9 + bn * c + c + c * c * 9 + bn * c
+            if i == 0:
+                total += block_in * c + bn * c  # downsample: conv1x1 + BatchNorm
+        c_in = c
+    return total + bn * 512 + (512 * 49 * dim + dim) + bn * dim  # bn2, fc, features
+
+
+@pytest.mark.parametrize(
+    "name,layers,published_millions",
+    [
+        ("iresnet18", (2, 2, 2, 2), 24.0),
+        ("iresnet34", (3, 4, 6, 3), 34.1),
+        ("iresnet50", (3, 4, 14, 3), 43.6),  # insightface's model zoo, embedding 512
+        ("iresnet100", (3, 13, 30, 3), 65.2),  # likewise
+        ("iresnet200", (6, 26, 60, 6), None),
+    ],
+)
+def test_iresnet_parameter_counts(
+    name: str, layers: tuple[int, ...], published_millions: float | None
+) -> None:
+    count = _num_params(_meta_model(name))
+    assert count == _iresnet_formula(layers, 512)
+    if published_millions is not None:
+        assert round(count / 1e6, 1) == published_millions
+
+
+def test_iresnet_parameter_counts_grow_with_depth() -> None:
+    depths = ["iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"]
+    counts = [_num_params(_meta_model(n)) for n in depths]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+
+
+def test_mobilefacenet_parameter_count_is_the_papers() -> None:
+    # Chen et al. report 0.99M parameters for their 128-d MobileFaceNet.
+    assert abs(_num_params(_meta_model("mobilefacenet", embedding_size=128)) - 0.99e6) < 0.02e6
+    assert _num_params(_meta_model("mbf")) > _num_params(_meta_model("mobilefacenet"))
+
+
+def test_iresnet_names_are_insightfaces() -> None:
+    keys = set(_meta_model("iresnet50").state_dict())
+    expected = {
+        "conv1.weight", "bn1.running_mean", "prelu.weight", "bn2.weight", "fc.weight", "fc.bias",
+        "features.weight", "features.running_var",
+        "layer1.0.bn1.weight", "layer1.0.conv1.weight", "layer1.0.bn2.bias", "layer1.0.prelu.weight",
+        "layer1.0.conv2.weight", "layer1.0.bn3.num_batches_tracked",
+        "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",
+        "layer3.13.conv2.weight", "layer4.2.bn3.weight",
+    }  # fmt: skip
+    assert expected <= keys
+    assert not any(k.startswith("layer1.1.downsample") for k in keys)
+    assert not any(k.startswith(("layer3.14.", "layer5.")) for k in keys)
+
+
+def test_iresnet_freezes_the_embedding_scale_as_insightface() -> None:
+    model = _meta_model("iresnet18")
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["features.weight"]
+
+
+def test_mobilefacenet_names_are_insightfaces() -> None:
+    keys = set(_meta_model("mbf").state_dict())
+    expected = {
+        "layers.0.layers.0.weight", "layers.0.layers.1.running_mean", "layers.0.layers.2.weight",
+        "layers.1.layers.0.weight", "layers.2.layers.0.layers.0.weight",
+        "layers.2.layers.2.layers.1.running_var", "layers.3.layers.3.layers.1.layers.0.weight",
+        "layers.7.layers.1.layers.2.layers.1.bias", "conv_sep.layers.0.weight",
+        "features.layers.0.layers.0.weight", "features.layers.2.weight",
+        "features.layers.3.running_mean",
+    }  # fmt: skip
+    assert expected <= keys
+
+
+# --- input contract ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 96, 96), (2, 1, 112, 112), (3, 112, 112), (1, 3, 112, 96)]
+)
+def test_wrong_input_shape_is_a_clear_error(name: str, shape: tuple[int, ...]) -> None:
+    model = _meta_model(name)
+    with pytest.raises(ValueError, match=rf"{name} expects images of shape \(N, 3, 112, 112\)"):
+        model(torch.zeros(shape, device="meta"))
+
+
+# --- numerics ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_forward_is_shaped_and_deterministic(name: str) -> None:
+    # Default width, no grad: cheap enough for the largest variants too. Calibrated, because with
+    # insightface's init (conv std 0.1) an untrained iresnet100/200 overflows to NaN in eval mode.
+    torch.manual_seed(0)
+    model = _calibrate(backbones.create(name), batch=2)
+    x = _images(1)
+    with torch.no_grad():
+        first, second = model(x), model(x)
+    assert first.shape == (1, 512) and first.dtype == torch.float32
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_batch_of_two_in_train_and_eval(name: str) -> None:
+    model = _model(name)
+    x = _images(2)
+    assert model.train()(x).shape == (2, DIM)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, DIM)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_backward_reaches_every_parameter(name: str) -> None:
+    model = _model(name).train()
+    model(_images(2)).square().sum().backward()
+    for param_name, p in model.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None, param_name
+            assert torch.isfinite(p.grad).all(), param_name
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_float64(name: str) -> None:
+    model = _model(name).double().train()
+    out = model(_images(2, dtype=torch.float64))
+    assert out.dtype == torch.float64 and out.shape == (2, DIM)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_checkpointing_changes_nothing_but_memory(name: str) -> None:
+    plain = _model(name, dropout=0.2).train()
+    ckpt = _model(name, dropout=0.2, checkpoint_activations=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = _images(2)
+    outs = []
+    for model in (plain, ckpt):
+        torch.manual_seed(3)  # the same dropout mask for both
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out.detach())
+    assert_close(outs[1], outs[0], rtol=0, atol=0)
+    grads = dict(ckpt.named_parameters())
+    for param_name, p in plain.named_parameters():
+        assert_close(grads[param_name].grad, p.grad, rtol=0, atol=0, msg=param_name)
+    # Recomputation must not update BatchNorm statistics a second time.
+    buffers = dict(ckpt.named_buffers())
+    for buffer_name, b in plain.named_buffers():
+        assert_close(buffers[buffer_name], b, rtol=0, atol=0, msg=buffer_name)
+
+
+def _export(model: nn.Module, x: torch.Tensor, exporter: str) -> bytes:
+    """ONNX bytes of ``model`` with a dynamic batch dimension."""
+    if exporter == "torchscript":
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # legacy exporter, still shipped
+            torch.onnx.export(
+                model,
+                (x,),
+                buffer,
+                dynamo=False,
+                input_names=["images"],
+                output_names=["embeddings"],
+                dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}},
+            )
+        return buffer.getvalue()
+    program = torch.onnx.export(
+        model, (x,), dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch")}}
+    )
+    assert program is not None
+    return program.model_proto.SerializeToString()
+
+
+@pytest.mark.parametrize("name,exporter", ONNX_CASES)
+def test_onnx_matches_torch_at_two_batch_sizes(name: str, exporter: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    model = _calibrate(_model(name))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # see _one_thread
+    session = ort.InferenceSession(_export(model, _images(2), exporter), options)
+    feed = session.get_inputs()[0].name
+    for batch in (1, 3):
+        x = _images(batch, seed=batch)
+        with torch.no_grad():
+            expected = model(x)
+        (got,) = session.run(None, {feed: x.numpy()})
+        assert got.shape == (batch, DIM)
+        assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-4)
