@@ -12,6 +12,7 @@ permutation; flips come from DALI's seeded generator; there is no mid-epoch ``st
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 
 from partialfc.data.layout import DatasetError, FaceRecord
+
+log = logging.getLogger(__name__)
 
 
 def write_image_index(record: FaceRecord, path: str | os.PathLike[str]) -> Path:
@@ -94,6 +97,8 @@ class DaliLoader:
         index = write_image_index(self.record, Path(index_dir) / f"{self.record.rec_path.stem}.images.idx")
         if self.device == "gpu" and device_id is None:
             device_id = torch.cuda.current_device()
+        if self.device == "cpu" and device_id is not None:
+            log.warning("DaliLoader: device_id=%s has no effect on the cpu pipeline", device_id)
         self._device_id = device_id if self.device == "gpu" else None
         self._pipe = self._build(index, world_size, rank, seed, shuffle, flip, num_threads,
                                  initial_fill, prefetch_queue_depth)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from partialfc.data._pool import ordered_map
 from partialfc.data.layout import PROPERTY_FILE, Property, write_records
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -146,31 +149,6 @@ def _encode_task(args: tuple[Path, EncodeOptions]) -> tuple[bytes, tuple[int, in
     return encode_file(*args)
 
 
-def _encoded(paths: Sequence[Path], options: EncodeOptions, workers: int,
-             progress: bool) -> Iterator[tuple[bytes, tuple[int, int]]]:
-    """Encodes ``paths`` in order, in a process pool when ``workers > 1``."""
-    from tqdm import tqdm
-
-    tasks = [(p, options) for p in paths]
-    bar = tqdm(total=len(tasks), unit="img", desc="pack", disable=not progress)
-    try:
-        if workers <= 1:
-            for task in tasks:
-                yield _encode_task(task)
-                bar.update()
-            return
-        # fork where available (fast start, nothing to re-import); imap keeps input order, which
-        # is what makes the output independent of the number of workers.
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ctx.Pool(workers) as pool:
-            for item in pool.imap(_encode_task, tasks, chunksize=32):
-                yield item
-                bar.update()
-    finally:
-        bar.close()
-
-
 def pack_images(
     paths: Sequence[Path], labels: Sequence[int], num_classes: int, out_dir: str | os.PathLike[str],
     options: EncodeOptions | None = None, shuffle: bool = True, seed: int = 0,
@@ -213,8 +191,9 @@ def pack_images(
 
     def payloads() -> Iterator[bytes]:
         nonlocal size
-        for path, (payload, hw) in zip(paths, _encoded(paths, options, workers, progress),
-                                       strict=True):
+        encoded = ordered_map(_encode_task, [(p, options) for p in paths], workers, "pack",
+                              progress, chunksize=32)
+        for path, (payload, hw) in zip(paths, encoded, strict=True):
             if size is None:
                 size = hw
             elif hw != size:
@@ -262,6 +241,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``partialfc pack``."""
+    if args.quality != 95 and (args.format == "png" or args.pass_through):
+        log.warning("--quality has no effect with %s", "--pass-through" if args.pass_through
+                    else "--format png")
+    if args.format != "jpg" and args.pass_through:
+        log.warning("--format has no effect with --pass-through: files are stored as they are")
     source = Path(args.source)
     if source.suffix == ".lst":
         paths, labels, num_classes = read_lst(source, args.root)

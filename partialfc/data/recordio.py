@@ -304,14 +304,15 @@ class IndexedRecordReader:
         head = self._read_at(_FRAME.size + IR_SIZE + 8, offset)
         if len(head) < _FRAME.size + IR_SIZE:
             raise RecordIOError("truncated record header", self.rec_path, key, offset)
-        magic, _ = _FRAME.unpack_from(head)
+        magic, lrec = _FRAME.unpack_from(head)
         if magic != MAGIC:
             raise RecordIOError(
                 f"bad magic 0x{magic:08x} (expected 0x{MAGIC:08x})", self.rec_path, key, offset
             )
         header = IRHeader(*_IR_FORMAT.unpack_from(head, _FRAME.size))
-        if header.flag > 0:
-            # Multi-label header: the labels follow; read the full record to get them.
+        if header.flag > 0 or lrec >> _LENGTH_BITS or (lrec & _LENGTH_MASK) < IR_SIZE:
+            # Labels follow the header, or the record was split at a magic word inside its
+            # first bytes (or is too short): read and join the whole record instead.
             return unpack(self.read_idx(key))[0]
         return header
 

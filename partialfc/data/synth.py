@@ -12,14 +12,13 @@ identities do not change when ``--identities`` does.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from partialfc.data._pool import ordered_map
 from partialfc.data.images import encode_image
 from partialfc.data.layout import Property, write_dataset
 from partialfc.data.synth_faces import identity_params, render_face
@@ -85,26 +84,6 @@ def _pair_task(args: tuple[SynthConfig, int, bool]) -> tuple[bytes, bytes]:
     return _image(cfg, _HELD_OUT, int(a), 2 * pair), _image(cfg, _HELD_OUT, int(b), 2 * pair + 1)
 
 
-def _map(fn, tasks: list, workers: int, desc: str, progress: bool) -> Iterator:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), unit="img", desc=desc, disable=not progress)
-    try:
-        if workers <= 1:
-            for task in tasks:
-                yield fn(task)
-                bar.update()
-            return
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ctx.Pool(workers) as pool:  # imap keeps the order: output independent of workers
-            for item in pool.imap(fn, tasks, chunksize=16):
-                yield item
-                bar.update()
-    finally:
-        bar.close()
-
-
 def synth_dataset(out_dir: str | os.PathLike[str], cfg: SynthConfig | None = None,
                   workers: int | None = None, progress: bool = False) -> Property:
     """Generates the training set and ``val.bin`` into ``out_dir``.
@@ -128,14 +107,14 @@ def synth_dataset(out_dir: str | os.PathLike[str], cfg: SynthConfig | None = Non
         items = [items[k] for k in np.random.default_rng([cfg.seed, 3]).permutation(n)]
     tasks = [(cfg, i, j) for i, j in items]
     prop = Property(cfg.identities, cfg.size, cfg.size)
-    write_dataset(out, _map(_train_task, tasks, workers, "synth train", progress),
+    write_dataset(out, ordered_map(_train_task, tasks, workers, "synth train", progress),
                   [i for i, _ in items], prop)
     if cfg.val_pairs:
         half = cfg.val_pairs // 2
         issame = np.random.default_rng([cfg.seed, 4]).permutation([True] * half + [False] * half)
         pair_tasks = [(cfg, p, bool(s)) for p, s in enumerate(issame)]
         images: list[bytes] = []
-        for first, second in _map(_pair_task, pair_tasks, workers, "synth val", progress):
+        for first, second in ordered_map(_pair_task, pair_tasks, workers, "synth val", progress):
             images += [first, second]
         write_bin(out / VAL_BIN_FILE, images, issame.tolist())
     return prop

@@ -172,6 +172,15 @@ def test_read_header_without_payload(tmp_path):
         np.testing.assert_array_equal(r.read_header(1).label, [3, 4])
 
 
+def test_read_header_of_a_record_split_inside_its_header(tmp_path):
+    header = IRHeader(0, 1.0, MAGIC, 0)  # the id's low word is the magic, 8 bytes in: split there
+    record = pack(header, b"img")
+    assert frame(record)[4:8] != struct.pack("<I", len(record))  # really split
+    idx, rec = write(tmp_path, [record])
+    with IndexedRecordReader(idx, rec) as r:
+        assert r.read_header(0) == header and unpack(r.read_idx(0)) == (header, b"img")
+
+
 def test_reader_pickles_and_reopens(tmp_path):
     import pickle
 
