@@ -9,7 +9,7 @@ the registry-driven tests then cover it.
 """
 
 # Imported for their @register side effect: the registry is complete once this package is.
-from partialfc.backbones import iresnet, mobilefacenet
+from partialfc.backbones import iresnet, mobilefacenet, tiny
 from partialfc.backbones._registry import create, list_backbones, register
 
-__all__ = ["create", "iresnet", "list_backbones", "mobilefacenet", "register"]
+__all__ = ["create", "iresnet", "list_backbones", "mobilefacenet", "register", "tiny"]

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 
-def test_demo_learns_identities_on_two_ranks() -> None:
+def test_head_demo_learns_identities_on_two_ranks() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "partialfc", "demo", "--identities", "4000", "--steps", "150"],
+        [sys.executable, "-m", "partialfc", "demo", "--head-only", "--identities", "4000", "--steps", "150"],
         check=True,
         capture_output=True,
         text=True,

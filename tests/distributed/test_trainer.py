@@ -1,0 +1,83 @@
+"""The trainer on real gloo ranks: N ranks equal one process; resume on other world sizes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from partialfc.data.synth import SynthConfig, synth_dataset
+from partialfc.export import load_backbone
+from partialfc.train import checkpoint
+from partialfc.train.config import Config
+from partialfc.train.runtime import Runtime
+from partialfc.train.trainer import Trainer
+from tests.distributed.harness import run_ranks
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    synth_dataset(root, SynthConfig(identities=12, images_per_identity=4, val_identities=6, val_pairs=20), workers=1)
+    return root
+
+
+def _config(data: Path, out: Path, steps: int, backbone: str = "tinyface_gn", **train) -> dict:
+    return {
+        "data": {"root": str(data), "loader": "torch", "global_batch_size": 12, "workers": 0},
+        "model": {"backbone": backbone, "embedding_size": 16},
+        "head": {"margin": "arcface", "s": 16.0, "m2": 0.3, "sample_rate": 1.0},
+        "optim": {"lr": 0.05, "warmup_steps": 1},
+        "train": {"max_steps": steps, "output_dir": str(out), "checkpoint_every": 2, "log_every": 1, **train},
+        "eval": {"sets": [str(data / "val.bin")], "every": 0},
+        "metrics": {"port": 0},
+    }
+
+
+def _fit(rank: int, world: int, cfg: dict) -> None:
+    torch.set_num_threads(1)
+    result = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu"))).fit()
+    if rank == 0:
+        out = Path(cfg["train"]["output_dir"])
+        (out / f"result-{world}.json").write_text(json.dumps(result))
+
+
+def _result(out: Path, world: int) -> dict:
+    return json.loads((out / f"result-{world}.json").read_text())
+
+
+def test_n_ranks_train_exactly_like_one_process(dataset: Path, tmp_path: Path) -> None:
+    runs = {}
+    for world in (1, 2, 3):
+        out = tmp_path / f"w{world}"
+        run_ranks(_fit, world, _config(dataset, out, steps=3))
+        runs[world] = (out, _result(out, world))
+    one_out, one = runs[1]
+    assert len(one["losses"]) == 3 and all(map(math.isfinite, one["losses"]))
+    assert 0.0 <= one["eval"]["val"] <= 1.0, "evaluation ran at the end"
+    for world in (2, 3):
+        out, res = runs[world]
+        assert_close(torch.tensor(res["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+        assert_close(checkpoint.read_class_centers(out), checkpoint.read_class_centers(one_out), rtol=1e-4, atol=1e-6)
+        model, _ = load_backbone(out)
+        reference, _ = load_backbone(one_out)
+        for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+            assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        assert res["eval"]["val"] == pytest.approx(one["eval"]["val"], abs=0.051), "same model, same accuracy"
+
+
+def test_resume_on_three_ranks_then_one(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    run_ranks(_fit, 2, _config(dataset, out, steps=4))
+    before = checkpoint.read_class_centers(out)
+    run_ranks(_fit, 3, _config(dataset, out, steps=4))  # resumes at 4, nothing to do, saves again
+    assert checkpoint.latest_checkpoint(out).name == "step-00000004"
+    assert torch.equal(checkpoint.read_class_centers(out), before), "the move changed no centre"
+    run_ranks(_fit, 1, _config(dataset, out, steps=6))  # and goes on training on one process
+    res = _result(out, 1)
+    assert res["step"] == 6 and len(res["losses"]) == 2
+    assert not torch.equal(checkpoint.read_class_centers(out), before)
