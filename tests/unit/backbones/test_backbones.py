@@ -292,12 +292,18 @@ def test_checkpointing_changes_nothing_but_memory(name: str) -> None:
     ckpt = _model(name, dropout=0.2, checkpoint_activations=True).train()
     ckpt.load_state_dict(plain.state_dict())
     x = _images(2)
-    outs = []
+    outs, activation_calls = [], []
     for model in (plain, ckpt):
+        calls: list[None] = []  # one entry per activation forward, recomputations included
+        for m in model.modules():
+            if isinstance(m, nn.PReLU):
+                m.register_forward_hook(lambda *_, calls=calls: calls.append(None))
         torch.manual_seed(3)  # the same dropout mask for both
         out = model(x)
         out.square().sum().backward()
         outs.append(out.detach())
+        activation_calls.append(len(calls))
+    assert activation_calls[1] > activation_calls[0], "checkpointed blocks are recomputed"
     assert_close(outs[1], outs[0], rtol=0, atol=0)
     grads = dict(ckpt.named_parameters())
     for param_name, p in plain.named_parameters():
