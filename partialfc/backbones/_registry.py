@@ -15,12 +15,12 @@ from torch import nn
 BackboneFactory = Callable[..., nn.Module]
 """``factory(embedding_size=..., **options) -> nn.Module``; the factory's name is the key."""
 
-F = TypeVar("F", bound=BackboneFactory)
+FactoryT = TypeVar("FactoryT", bound=BackboneFactory)
 
 _BACKBONES: dict[str, BackboneFactory] = {}
 
 
-def register(factory: F) -> F:
+def register(factory: FactoryT) -> FactoryT:
     """Add a backbone factory to the registry under its function name.
 
     Use as a bare decorator. The factory must accept ``embedding_size`` as a keyword and may take

@@ -22,9 +22,11 @@ from torch.testing import assert_close
 from partialfc import backbones
 
 NAMES = backbones.list_backbones()
-# Above this a float32 training step takes seconds on one CPU core. iresnet18 stays below and runs
-# every code path of its family: the deeper variants differ from it only in block counts.
-HEAVY_PARAMS = 30_000_000
+# Backbones whose expensive checks are opt-in. Listed rather than measured so that collecting the
+# tests stays instant; test_every_big_backbone_is_listed_as_slow keeps the list honest. iresnet18
+# runs every code path of its family: the deeper variants differ from it only in block counts.
+SLOW_BACKBONES = frozenset({"iresnet34", "iresnet50", "iresnet100", "iresnet200"})
+HEAVY_PARAMS = 30_000_000  # above this a float32 training step takes seconds on one CPU core
 RUN_SLOW = os.environ.get("PARTIALFC_RUN_SLOW") == "1"
 SLOW = [
     pytest.mark.slow,
@@ -48,10 +50,9 @@ def _case(*values: str, slow: bool) -> object:
     return pytest.param(*values, marks=SLOW if slow else ())
 
 
-HEAVY = {n for n in NAMES if _num_params(_meta_model(n)) > HEAVY_PARAMS}
-CASES = [_case(n, slow=n in HEAVY) for n in NAMES]
+CASES = [_case(n, slow=n in SLOW_BACKBONES) for n in NAMES]
 ONNX_CASES = [
-    _case(n, exporter, slow=n in HEAVY or exporter == "dynamo")
+    _case(n, exporter, slow=n in SLOW_BACKBONES or exporter == "dynamo")
     for n in NAMES
     for exporter in ("torchscript", "dynamo")
 ]
@@ -102,6 +103,12 @@ def test_registry_lists_every_family() -> None:
     assert {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"} <= set(NAMES)
     assert {"mobilefacenet", "mbf"} <= set(NAMES)
     assert sorted(NAMES) == NAMES
+
+
+def test_every_big_backbone_is_listed_as_slow() -> None:
+    for name in NAMES:
+        if _num_params(_meta_model(name)) > HEAVY_PARAMS:
+            assert name in SLOW_BACKBONES, f"add {name} to SLOW_BACKBONES"
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
@@ -215,6 +222,13 @@ def test_mobilefacenet_names_are_insightfaces() -> None:
     assert expected <= keys
 
 
+def test_zero_init_residual_makes_blocks_start_as_their_shortcut() -> None:
+    torch.manual_seed(0)
+    block = backbones.create("iresnet18", zero_init_residual=True).layer2[1].train()
+    x = torch.randn(2, 128, 14, 14)
+    assert_close(block(x), x, rtol=0, atol=0)
+
+
 # --- input contract ---------------------------------------------------------------------------
 
 
@@ -278,12 +292,18 @@ def test_checkpointing_changes_nothing_but_memory(name: str) -> None:
     ckpt = _model(name, dropout=0.2, checkpoint_activations=True).train()
     ckpt.load_state_dict(plain.state_dict())
     x = _images(2)
-    outs = []
+    outs, activation_calls = [], []
     for model in (plain, ckpt):
+        calls: list[None] = []  # one entry per activation forward, recomputations included
+        for m in model.modules():
+            if isinstance(m, nn.PReLU):
+                m.register_forward_hook(lambda *_, calls=calls: calls.append(None))
         torch.manual_seed(3)  # the same dropout mask for both
         out = model(x)
         out.square().sum().backward()
         outs.append(out.detach())
+        activation_calls.append(len(calls))
+    assert activation_calls[1] > activation_calls[0], "checkpointed blocks are recomputed"
     assert_close(outs[1], outs[0], rtol=0, atol=0)
     grads = dict(ckpt.named_parameters())
     for param_name, p in plain.named_parameters():
