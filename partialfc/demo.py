@@ -129,7 +129,7 @@ def _full_demo(args: argparse.Namespace) -> int:
         synth_dataset(data, SynthConfig(seed=args.seed), progress=True)
     else:
         print(f"[1/3] using the synthetic face set in {data}", flush=True)
-    for old in [*out.glob("step-*"), *out.glob(".step-*"), out / "metrics.jsonl"]:  # a fresh run
+    for old in [*out.glob("step-*"), *out.glob(".step-*"), *out.glob("metrics.jsonl")]:  # a fresh run
         shutil.rmtree(old) if old.is_dir() else old.unlink()
     overrides = [
         f"--data.root={data}", f"--train.output_dir={out}", f"--eval.sets={data / 'val.bin'}",

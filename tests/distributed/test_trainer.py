@@ -66,7 +66,10 @@ def test_n_ranks_train_exactly_like_one_process(dataset: Path, tmp_path: Path) -
         model, _ = load_backbone(out)
         reference, _ = load_backbone(one_out)
         for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
-            assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+            # float32 sums in another order, over three steps: ~1e-5 of each tensor's scale. An
+            # averaging (not summing) DDP would be off by the whole update, ~1e-2 of it.
+            scale = float(b.abs().max()) if b.dtype.is_floating_point else 1.0
+            assert_close(a, b, rtol=1e-4, atol=1e-3 * scale, msg=name)
         assert res["eval"]["val"] == pytest.approx(one["eval"]["val"], abs=0.051), "same model, same accuracy"
 
 
