@@ -52,19 +52,27 @@ def main() -> None:
         root = args.data
         if root is None:
             root = tmp
-            cfg = SynthConfig(identities=args.identities,
-                              images_per_identity=args.images_per_identity, val_pairs=0)
+            cfg = SynthConfig(
+                identities=args.identities,
+                images_per_identity=args.images_per_identity,
+                val_pairs=0,
+            )
             synth_dataset(root, cfg, workers=os.cpu_count())
-        loaders = {"torch DataLoader (baseline)": RecordLoader(
-            root, args.batch_size, num_workers=args.threads, seed=0)}
+        loaders = {
+            "torch DataLoader (baseline)": RecordLoader(
+                root, args.batch_size, num_workers=args.threads, seed=0
+            )
+        }
         if importlib.util.find_spec("nvidia") and importlib.util.find_spec("nvidia.dali"):
             from partialfc.data.dali import DaliLoader
 
-            loaders["DALI cpu"] = DaliLoader(root, args.batch_size, num_threads=args.threads,
-                                             device="cpu")
+            loaders["DALI cpu"] = DaliLoader(
+                root, args.batch_size, num_threads=args.threads, device="cpu"
+            )
             if torch.cuda.is_available():
                 loaders["DALI mixed (GPU decode)"] = DaliLoader(
-                    root, args.batch_size, num_threads=args.threads, device="gpu")
+                    root, args.batch_size, num_threads=args.threads, device="gpu"
+                )
         images = len(loaders["torch DataLoader (baseline)"]) * args.batch_size
         load_before = os.getloadavg()
         rates: dict[str, list[float]] = {name: [] for name in loaders}
@@ -76,28 +84,48 @@ def main() -> None:
                 if i >= args.warmup:
                     rates[name].append(rate)
         load_after = os.getloadavg()
-        rows = [{"loader": name, "threads": args.threads, "median_img_s": statistics.median(r),
-                 "min_img_s": min(r), "max_img_s": max(r), "passes": r}
-                for name, r in rates.items()]
+        rows = [
+            {
+                "loader": name,
+                "threads": args.threads,
+                "median_img_s": statistics.median(r),
+                "min_img_s": min(r),
+                "max_img_s": max(r),
+                "passes": r,
+            }
+            for name, r in rates.items()
+        ]
 
     base = rows[0]["median_img_s"]
     for row in rows:
         row["speedup_vs_baseline"] = row["median_img_s"] / base
-    print(f"{images} images/epoch, 112x112 JPEG, batch {args.batch_size}, {args.threads} threads, "
-          f"median of {args.passes} interleaved epochs after {args.warmup} warm-up; "
-          f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
+    print(
+        f"{images} images/epoch, 112x112 JPEG, batch {args.batch_size}, {args.threads} threads, "
+        f"median of {args.passes} interleaved epochs after {args.warmup} warm-up; "
+        f"load average {load_before[0]:.1f} -> {load_after[0]:.1f}"
+    )
     print(f"| {'loader':<28} | threads | img/s (median) | min..max      | vs baseline |")
     print(f"|{'-' * 30}|---------|----------------|---------------|-------------|")
     for r in rows:
-        print(f"| {r['loader']:<28} | {r['threads']:>7} | {r['median_img_s']:>14.0f} | "
-              f"{r['min_img_s']:>5.0f}..{r['max_img_s']:<6.0f} | {r['speedup_vs_baseline']:>10.2f}x |")
+        print(
+            f"| {r['loader']:<28} | {r['threads']:>7} | {r['median_img_s']:>14.0f} | "
+            f"{r['min_img_s']:>5.0f}..{r['max_img_s']:<6.0f} | {r['speedup_vs_baseline']:>10.2f}x |"
+        )
     result = {
         "benchmark": "data loaders: decoded + flipped + normalised images per second",
-        "baseline": rows[0]["loader"], "images_per_epoch": images, "batch_size": args.batch_size,
-        "threads": args.threads, "warmup": args.warmup, "passes": args.passes,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "cuda": torch.cuda.is_available(), "loadavg_before": load_before,
-                    "loadavg_after": load_after},
+        "baseline": rows[0]["loader"],
+        "images_per_epoch": images,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "warmup": args.warmup,
+        "passes": args.passes,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "cuda": torch.cuda.is_available(),
+            "loadavg_before": load_before,
+            "loadavg_after": load_after,
+        },
         "rows": rows,
     }
     out = Path(args.out)

@@ -26,8 +26,12 @@ from partialfc.data import RecordLoader, SynthConfig, read_bin, synth_dataset
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout),
-        nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout),
+        nn.Conv2d(cin, cout, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.PReLU(cout),
+        nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.PReLU(cout),
     )
 
 
@@ -56,12 +60,18 @@ def main() -> None:
         val = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in bins])
         val_t = torch.from_numpy(val).permute(0, 3, 1, 2).float().sub(127.5).mul(1 / 127.5)
         same = np.asarray(issame)
-        net = nn.Sequential(_block(3, 16), _block(16, 32), _block(32, 64), _block(64, 128),
-                            nn.Flatten(), nn.Dropout(0.2), nn.Linear(128 * 7 * 7, 128),
-                            nn.BatchNorm1d(128))
+        net = nn.Sequential(
+            _block(3, 16),
+            _block(16, 32),
+            _block(32, 64),
+            _block(64, 128),
+            nn.Flatten(),
+            nn.Dropout(0.2),
+            nn.Linear(128 * 7 * 7, 128),
+            nn.BatchNorm1d(128),
+        )
         centres = nn.Parameter(torch.randn(cfg.identities, 128) * 0.01)
-        opt = torch.optim.SGD([*net.parameters(), centres], lr=0.1, momentum=0.9,
-                              weight_decay=5e-4)
+        opt = torch.optim.SGD([*net.parameters(), centres], lr=0.1, momentum=0.9, weight_decay=5e-4)
         loader = RecordLoader(root, 128, num_workers=args.workers)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.1, total_steps=args.epochs * len(loader))
         start = time.perf_counter()
@@ -75,8 +85,10 @@ def main() -> None:
                 opt.step()
                 sched.step()
             acc = _verification_accuracy(net, val_t, same)
-            print(f"{epoch:5d} | {time.perf_counter() - start:7.0f} | {loss.item():6.3f} | {acc:.3f}",
-                  flush=True)
+            print(
+                f"{epoch:5d} | {time.perf_counter() - start:7.0f} | {loss.item():6.3f} | {acc:.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("partialfc.data.packer", "pack an image folder or .lst into insightface RecordIO"),
     "inspect": ("partialfc.data.inspect", "summarise (and --verify) an insightface RecordIO set"),
     "synth": ("partialfc.data.synth", "generate a synthetic face dataset and a verification .bin"),
-    "eval": ("partialfc.eval.cli", "verification accuracy of a checkpoint on insightface .bin sets"),
+    "eval": (
+        "partialfc.eval.cli",
+        "verification accuracy of a checkpoint on insightface .bin sets",
+    ),
     "export": ("partialfc.export", "export a checkpoint's backbone to ONNX or a state_dict"),
 }
 

@@ -29,22 +29,31 @@ import partialfc as pfc
 from partialfc.distributed import all_gather_no_grad
 from partialfc.distributed.local import run_local
 
-
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo_cpu.toml"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--head-only", action="store_true", help="only the head on synthetic embeddings")
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (full demo)")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (full demo)")
+    parser.add_argument(
+        "--head-only", action="store_true", help="only the head on synthetic embeddings"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output folder (full demo)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override train.epochs (full demo)"
+    )
     parser.add_argument("--identities", type=int, default=10_000, help="classes (--head-only)")
     parser.add_argument("--dim", type=int, default=128, help="embedding width (--head-only)")
     parser.add_argument("--ranks", type=int, default=2, help="CPU ranks")
     parser.add_argument("--steps", type=int, default=400, help="training steps (--head-only)")
     parser.add_argument("--batch", type=int, default=512, help="global batch (--head-only)")
-    parser.add_argument("--sample-rate", type=float, default=0.2, help="PartialFC sample rate (--head-only)")
-    parser.add_argument("--noise", type=float, default=1.0, help="noise relative to the signal (--head-only)")
+    parser.add_argument(
+        "--sample-rate", type=float, default=0.2, help="PartialFC sample rate (--head-only)"
+    )
+    parser.add_argument(
+        "--noise", type=float, default=1.0, help="noise relative to the signal (--head-only)"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -129,7 +138,11 @@ def _full_demo(args: argparse.Namespace) -> int:
         synth_dataset(data, SynthConfig(seed=args.seed), progress=True)
     else:
         print(f"[1/3] using the synthetic face set in {data}", flush=True)
-    for old in [*out.glob("step-*"), *out.glob(".step-*"), *out.glob("metrics.jsonl")]:  # a fresh run
+    for old in [
+        *out.glob("step-*"),
+        *out.glob(".step-*"),
+        *out.glob("metrics.jsonl"),
+    ]:  # a fresh run
         shutil.rmtree(old) if old.is_dir() else old.unlink()
     overrides = [
         f"--data.root={data}", f"--train.output_dir={out}", f"--eval.sets={data / 'val.bin'}",
@@ -137,7 +150,9 @@ def _full_demo(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if args.epochs is not None:
         overrides.append(f"--train.epochs={args.epochs}")
-    print(f"[2/3] training on {args.ranks} CPU ranks under torchrun ({DEMO_CONFIG.name})", flush=True)
+    print(
+        f"[2/3] training on {args.ranks} CPU ranks under torchrun ({DEMO_CONFIG.name})", flush=True
+    )
     start = time.perf_counter()
     cmd = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}",
@@ -146,7 +161,11 @@ def _full_demo(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
     minutes = (time.perf_counter() - start) / 60
-    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/val" in r]
+    evals = [
+        r
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "eval/val" in r
+    ]
     print(f"[3/3] exporting {out / 'model.onnx'}", flush=True)
     model, _ = load_backbone(out)
     worst = export_onnx(model, out / "model.onnx")

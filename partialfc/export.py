@@ -29,16 +29,22 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, Config]:
     ckpt = resolve(path)
     config_file = ckpt / "config.json"
     if not config_file.exists():
-        raise FileNotFoundError(f"{ckpt} has no config.json; was it written by partialfc's trainer?")
+        raise FileNotFoundError(
+            f"{ckpt} has no config.json; was it written by partialfc's trainer?"
+        )
     cfg = Config.from_dict(json.loads(config_file.read_text()))
-    model = backbones.create(cfg.model.backbone, embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout)
+    model = backbones.create(
+        cfg.model.backbone, embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout
+    )
     state = {"model": model.state_dict()}
     dcp.load(state, checkpoint_id=ckpt, no_dist=True)
     model.load_state_dict(state["model"])
     return model.eval(), cfg
 
 
-def export_onnx(model: nn.Module, out: str | Path, image_size: int = 112, atol: float = 1e-4, opset: int = 17) -> float:
+def export_onnx(
+    model: nn.Module, out: str | Path, image_size: int = 112, atol: float = 1e-4, opset: int = 17
+) -> float:
     """Export ``model`` with a dynamic batch axis; return the worst (scaled) difference to onnxruntime.
 
     Raises:
@@ -55,7 +61,9 @@ def export_onnx(model: nn.Module, out: str | Path, image_size: int = 112, atol: 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     worst = 0.0
     for batch in (1, 3):  # a batch size the export never saw: the axis really is dynamic
-        images = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
+        images = torch.randn(
+            batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch)
+        )
         with torch.no_grad():
             expected = model(images).numpy()
         got = session.run(None, {"images": images.numpy()})[0]
@@ -63,7 +71,9 @@ def export_onnx(model: nn.Module, out: str | Path, image_size: int = 112, atol: 
         unit = np.abs(_unit(got) - _unit(expected)).max()
         worst = max(worst, float(scaled), float(unit))
     if worst > atol:
-        raise RuntimeError(f"onnxruntime differs from PyTorch by {worst:.2e} (> {atol:g}, scaled) in {out}")
+        raise RuntimeError(
+            f"onnxruntime differs from PyTorch by {worst:.2e} (> {atol:g}, scaled) in {out}"
+        )
     return worst
 
 
@@ -74,7 +84,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir")
     parser.add_argument("--onnx", type=Path, help="write an ONNX model here")
-    parser.add_argument("--state-dict", type=Path, help="write the backbone's state_dict here (torch.save)")
+    parser.add_argument(
+        "--state-dict", type=Path, help="write the backbone's state_dict here (torch.save)"
+    )
     parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted ONNX difference")
 
 
@@ -84,7 +96,9 @@ def run(args: argparse.Namespace) -> int:
     model, cfg = load_backbone(args.checkpoint)
     if args.state_dict is not None:
         torch.save(model.state_dict(), args.state_dict)
-        print(f"wrote {args.state_dict} ({cfg.model.backbone}, embedding {cfg.model.embedding_size})")
+        print(
+            f"wrote {args.state_dict} ({cfg.model.backbone}, embedding {cfg.model.embedding_size})"
+        )
     if args.onnx is not None:
         worst = export_onnx(model, args.onnx, atol=args.atol)
         print(f"wrote {args.onnx}; onnxruntime matches PyTorch to {worst:.1e}")

@@ -36,7 +36,9 @@ class _Block(nn.Module):
             nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
             _norm(norm, cout),
         )
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout)
+        )
         self.act = nn.PReLU(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,18 +46,24 @@ class _Block(nn.Module):
 
 
 class TinyFace(nn.Module):
-    def __init__(self, embedding_size: int, dropout: float, checkpoint_activations: bool, norm: str) -> None:
+    def __init__(
+        self, embedding_size: int, dropout: float, checkpoint_activations: bool, norm: str
+    ) -> None:
         super().__init__()
         if norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         chans = (3, *WIDTHS)
-        self.blocks = nn.ModuleList(_Block(chans[i], chans[i + 1], 2, norm) for i in range(4))  # 112 -> 7
+        self.blocks = nn.ModuleList(
+            _Block(chans[i], chans[i + 1], 2, norm) for i in range(4)
+        )  # 112 -> 7
         self.bn2 = _norm(norm, WIDTHS[-1])
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(WIDTHS[-1] * 7 * 7, embedding_size)
-        self.features = nn.BatchNorm1d(embedding_size) if norm == "batch" else nn.LayerNorm(embedding_size)
+        self.features = (
+            nn.BatchNorm1d(embedding_size) if norm == "batch" else nn.LayerNorm(embedding_size)
+        )
         self.checkpoint_activations = checkpoint_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,14 +75,19 @@ class TinyFace(nn.Module):
 
 @register
 def tinyface(
-    embedding_size: int = 512, dropout: float = 0.0, checkpoint_activations: bool = False, norm: str = "batch"
+    embedding_size: int = 512,
+    dropout: float = 0.0,
+    checkpoint_activations: bool = False,
+    norm: str = "batch",
 ) -> nn.Module:
     """A ~0.5M-parameter residual CNN for CPU demos and tests (see the module docstring)."""
     return TinyFace(embedding_size, dropout, checkpoint_activations, norm)
 
 
 @register
-def tinyface_gn(embedding_size: int = 512, dropout: float = 0.0, checkpoint_activations: bool = False) -> nn.Module:
+def tinyface_gn(
+    embedding_size: int = 512, dropout: float = 0.0, checkpoint_activations: bool = False
+) -> nn.Module:
     """tinyface with GroupNorm: each image's embedding depends on that image alone, so small
     per-rank batches do not skew statistics and N ranks reproduce one process exactly."""
     return TinyFace(embedding_size, dropout, checkpoint_activations, norm="group")

@@ -10,8 +10,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int, desc: str,
-                progress: bool, chunksize: int = 16) -> Iterator[R]:
+def ordered_map(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    workers: int,
+    desc: str,
+    progress: bool,
+    chunksize: int = 16,
+) -> Iterator[R]:
     """Yields ``fn(task)`` for each task, in task order.
 
     Runs in a process pool when ``workers > 1`` (``fork`` where available: fast start, nothing

@@ -68,13 +68,26 @@ class DaliLoader:
         prefetch_queue_depth: batches DALI prepares ahead.
     """
 
-    def __init__(self, root: str | os.PathLike[str], batch_size: int, world_size: int = 1,
-                 rank: int = 0, seed: int = 0, shuffle: bool = True, flip: bool = True,
-                 num_threads: int = 2, device: str = "auto", device_id: int | None = None,
-                 index_dir: str | os.PathLike[str] | None = None, initial_fill: int = 1024,
-                 prefetch_queue_depth: int = 2) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        flip: bool = True,
+        num_threads: int = 2,
+        device: str = "auto",
+        device_id: int | None = None,
+        index_dir: str | os.PathLike[str] | None = None,
+        initial_fill: int = 1024,
+        prefetch_queue_depth: int = 2,
+    ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.record = FaceRecord(root)
@@ -83,8 +96,10 @@ class DaliLoader:
         n = len(self.record)
         self._batches = n // (batch_size * world_size)
         if self._batches == 0:
-            raise ValueError(f"{n} samples cannot fill one global batch of "
-                             f"{batch_size * world_size} (batch_size x world_size)")
+            raise ValueError(
+                f"{n} samples cannot fill one global batch of "
+                f"{batch_size * world_size} (batch_size x world_size)"
+            )
         # With pad_last_batch every shard's reader epoch is ceil(largest shard / b) batches (the
         # shard padded by repeating its last sample), identical on all ranks; we yield the first
         # N // (b*W) of them and run the rest unseen, so epochs stay aligned with the reader's.
@@ -94,18 +109,39 @@ class DaliLoader:
         if index_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="partialfc-dali-")
             index_dir = self._tmp.name
-        index = write_image_index(self.record, Path(index_dir) / f"{self.record.rec_path.stem}.images.idx")
+        index = write_image_index(
+            self.record, Path(index_dir) / f"{self.record.rec_path.stem}.images.idx"
+        )
         if self.device == "gpu" and device_id is None:
             device_id = torch.cuda.current_device()
         if self.device == "cpu" and device_id is not None:
             log.warning("DaliLoader: device_id=%s has no effect on the cpu pipeline", device_id)
         self._device_id = device_id if self.device == "gpu" else None
-        self._pipe = self._build(index, world_size, rank, seed, shuffle, flip, num_threads,
-                                 initial_fill, prefetch_queue_depth)
+        self._pipe = self._build(
+            index,
+            world_size,
+            rank,
+            seed,
+            shuffle,
+            flip,
+            num_threads,
+            initial_fill,
+            prefetch_queue_depth,
+        )
         self.epoch = 0
 
-    def _build(self, index: Path, world_size: int, rank: int, seed: int, shuffle: bool,
-               flip: bool, num_threads: int, initial_fill: int, prefetch_queue_depth: int):
+    def _build(
+        self,
+        index: Path,
+        world_size: int,
+        rank: int,
+        seed: int,
+        shuffle: bool,
+        flip: bool,
+        num_threads: int,
+        initial_fill: int,
+        prefetch_queue_depth: int,
+    ):
         from nvidia.dali import fn, pipeline_def, types
 
         decoder = "mixed" if self.device == "gpu" else "cpu"
@@ -113,21 +149,34 @@ class DaliLoader:
         @pipeline_def
         def pipeline():
             encoded, labels = fn.readers.mxnet(
-                path=[str(self.record.rec_path)], index_path=[str(index)], shard_id=rank,
-                num_shards=world_size, random_shuffle=shuffle, initial_fill=initial_fill,
-                pad_last_batch=True, name="Reader",
+                path=[str(self.record.rec_path)],
+                index_path=[str(index)],
+                shard_id=rank,
+                num_shards=world_size,
+                random_shuffle=shuffle,
+                initial_fill=initial_fill,
+                pad_last_batch=True,
+                name="Reader",
             )
             images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
             mirror = fn.random.coin_flip(probability=0.5) if flip else 0
             images = fn.crop_mirror_normalize(
-                images, dtype=types.FLOAT, output_layout="CHW", mean=[127.5] * 3,
-                std=[127.5] * 3, mirror=mirror,
+                images,
+                dtype=types.FLOAT,
+                output_layout="CHW",
+                mean=[127.5] * 3,
+                std=[127.5] * 3,
+                mirror=mirror,
             )
             return images, labels
 
-        pipe = pipeline(batch_size=self.batch_size, num_threads=num_threads,
-                        device_id=self._device_id, seed=seed + 7919 * rank,
-                        prefetch_queue_depth=prefetch_queue_depth)
+        pipe = pipeline(
+            batch_size=self.batch_size,
+            num_threads=num_threads,
+            device_id=self._device_id,
+            seed=seed + 7919 * rank,
+            prefetch_queue_depth=prefetch_queue_depth,
+        )
         pipe.build()
         return pipe
 
@@ -151,15 +200,17 @@ class DaliLoader:
             raise DatasetError(
                 f"label {label_np[bad][0]:g} is not a class in [0, {prop.num_classes}) "
                 f"(num_classes from {self.record.property_path}); run `partialfc inspect --verify`"
-                " to find the record", self.record.rec_path,
+                " to find the record",
+                self.record.rec_path,
             )
         label_t = torch.from_numpy(label_np.astype(np.int64))
         if self.device == "gpu":
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dense = images.as_tensor()
-            out = torch.empty(dense.shape(), dtype=torch.float32,
-                              device=torch.device("cuda", self._device_id))
+            out = torch.empty(
+                dense.shape(), dtype=torch.float32, device=torch.device("cuda", self._device_id)
+            )
             feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self._device_id))
             return out, label_t.to(out.device, non_blocking=True)
         return torch.from_numpy(images.as_array()), label_t

@@ -68,7 +68,9 @@ class RecordDataset(Dataset):
             image = decode_image(payload)
         except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for bad bytes
             raise RecordIOError(
-                f"cannot decode image ({exc})", self.record.rec_path, key,
+                f"cannot decode image ({exc})",
+                self.record.rec_path,
+                key,
                 self.record.reader.offset(key),
             ) from exc
         self.record.check_image(key, image)

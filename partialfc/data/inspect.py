@@ -68,9 +68,11 @@ class Summary:
             f"identity records: {'yes' if self.has_identity_records else 'no'}",
         ]
         if present.size:
-            lines.append(f"images per identity: min {present.min()}, median "
-                         f"{float(np.median(present)):g}, mean {present.mean():.1f}, "
-                         f"max {present.max()}")
+            lines.append(
+                f"images per identity: min {present.min()}, median "
+                f"{float(np.median(present)):g}, mean {present.mean():.1f}, "
+                f"max {present.max()}"
+            )
             lines.append("histogram (images per identity: identities):")
             width = max(len(label) for label, _ in self.histogram())
             lines += [f"  {label:>{width}}: {n}" for label, n in self.histogram()]
@@ -84,8 +86,11 @@ def summarize(root: str | os.PathLike[str]) -> Summary:
         labels = record.labels()
         prop = record.property
         return Summary(
-            path=str(record.rec_path.parent), num_images=len(labels), num_classes=prop.num_classes,
-            height=prop.height, width=prop.width,
+            path=str(record.rec_path.parent),
+            num_images=len(labels),
+            num_classes=prop.num_classes,
+            height=prop.height,
+            width=prop.width,
             identities_present=int(np.unique(labels).size),
             counts=np.bincount(labels, minlength=prop.num_classes),
             has_identity_records=bool(record.identity_keys.size),
@@ -104,7 +109,9 @@ def verify(root: str | os.PathLike[str], progress: bool = False) -> Iterator[Pro
 
     record = FaceRecord(root)
     try:
-        for key in tqdm(record.image_keys.tolist(), unit="img", desc="verify", disable=not progress):
+        for key in tqdm(
+            record.image_keys.tolist(), unit="img", desc="verify", disable=not progress
+        ):
             offset = record.reader.idx.get(key)
             if offset is None:
                 yield Problem(key, None, f"missing from the index {record.idx_path}")
@@ -126,8 +133,9 @@ def verify(root: str | os.PathLike[str], progress: bool = False) -> Iterator[Pro
 def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the ``inspect`` arguments."""
     parser.add_argument("dataset", help="folder with train.rec, train.idx, property (or a .rec)")
-    parser.add_argument("--verify", action="store_true",
-                        help="decode every record; report bad ones; exit 1 if any")
+    parser.add_argument(
+        "--verify", action="store_true", help="decode every record; report bad ones; exit 1 if any"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 

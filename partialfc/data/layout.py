@@ -126,7 +126,9 @@ class FaceRecord:
             if missing:
                 raise DatasetError(
                     f"record 0 says images are keys 1..{end - 1} but key {missing[0]} is not in "
-                    f"the index {self.idx_path}", self.rec_path, 0,
+                    f"the index {self.idx_path}",
+                    self.rec_path,
+                    0,
                 )
 
     @property
@@ -148,7 +150,9 @@ class FaceRecord:
         if not (value.is_integer() and 0 <= value < self.num_classes):
             raise DatasetError(
                 f"label {value:g} is not a class in [0, {self.num_classes}) "
-                f"(num_classes from {self.property_path})", self.rec_path, key,
+                f"(num_classes from {self.property_path})",
+                self.rec_path,
+                key,
             )
         return int(value)
 
@@ -163,7 +167,9 @@ class FaceRecord:
         if (height, width) != (self.property.height, self.property.width):
             raise DatasetError(
                 f"image is {height}x{width} but {self.property_path} says "
-                f"{self.property.height}x{self.property.width}", self.rec_path, key,
+                f"{self.property.height}x{self.property.width}",
+                self.rec_path,
+                key,
             )
 
     def labels(self) -> np.ndarray:
@@ -179,7 +185,9 @@ class FaceRecord:
 
 
 def write_dataset(
-    out_dir: str | os.PathLike[str], payloads: Iterable[bytes], labels: Sequence[int],
+    out_dir: str | os.PathLike[str],
+    payloads: Iterable[bytes],
+    labels: Sequence[int],
     prop: Property,
 ) -> Path:
     """Writes ``train.rec``, ``train.idx`` and ``property``: see :func:`write_records`."""
@@ -189,7 +197,9 @@ def write_dataset(
 
 
 def write_records(
-    out_dir: str | os.PathLike[str], payloads: Iterable[bytes], labels: Sequence[int],
+    out_dir: str | os.PathLike[str],
+    payloads: Iterable[bytes],
+    labels: Sequence[int],
     num_classes: int,
 ) -> Path:
     """Writes ``train.rec`` and ``train.idx`` in insightface layout (not ``property``).
@@ -211,10 +221,13 @@ def write_records(
     labels_np = np.asarray(labels, dtype=np.int64)
     n = len(labels_np)
     if n and (labels_np.min() < 0 or labels_np.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels_np.min()}.."
-                         f"{labels_np.max()}")
-    grouped = bool(n) and bool(np.all(np.diff(labels_np) >= 0)) and (
-        len(np.unique(labels_np)) == num_classes
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}), got {labels_np.min()}..{labels_np.max()}"
+        )
+    grouped = (
+        bool(n)
+        and bool(np.all(np.diff(labels_np) >= 0))
+        and (len(np.unique(labels_np)) == num_classes)
     )
     num_ids = num_classes if grouped else 0
     with IndexedRecordWriter(out / IDX_FILE, out / REC_FILE) as writer:

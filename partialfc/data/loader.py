@@ -63,12 +63,22 @@ class GlobalBatchSampler(Sampler[list[tuple[int, bool]]]):
         flip: random horizontal flips (else none).
     """
 
-    def __init__(self, num_samples: int, batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True, flip: bool = True) -> None:
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        flip: bool = True,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}"
+            )
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.world_size = world_size
@@ -95,11 +105,14 @@ class GlobalBatchSampler(Sampler[list[tuple[int, bool]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
         order = epoch_order(self.num_samples, self.seed, self.epoch, self.shuffle)
-        flips = (epoch_flips(self.num_samples, self.seed, self.epoch) if self.flip
-                 else torch.zeros(self.num_samples, dtype=torch.bool))
+        flips = (
+            epoch_flips(self.num_samples, self.seed, self.epoch)
+            if self.flip
+            else torch.zeros(self.num_samples, dtype=torch.bool)
+        )
         gb, b = self.global_batch_size, self.batch_size
         for g in range(self.start_batch, len(self)):
-            rows = order[g * gb + self.rank * b: g * gb + (self.rank + 1) * b]
+            rows = order[g * gb + self.rank * b : g * gb + (self.rank + 1) * b]
             yield list(zip(rows.tolist(), flips[rows].tolist(), strict=True))
 
 
@@ -123,16 +136,31 @@ class RecordLoader:
             and normalised on it (a quarter of the bytes over PCIe, no CPU float pass).
     """
 
-    def __init__(self, dataset: RecordDataset | str | os.PathLike[str], batch_size: int,
-                 world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True,
-                 flip: bool = True, num_workers: int = 2, pin_memory: bool = False,
-                 prefetch_factor: int = 4, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        dataset: RecordDataset | str | os.PathLike[str],
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        flip: bool = True,
+        num_workers: int = 2,
+        pin_memory: bool = False,
+        prefetch_factor: int = 4,
+        device: torch.device | str | None = None,
+    ) -> None:
         self.dataset = dataset if isinstance(dataset, RecordDataset) else RecordDataset(dataset)
-        self.sampler = GlobalBatchSampler(len(self.dataset), batch_size, world_size, rank, seed,
-                                          shuffle, flip)
+        self.sampler = GlobalBatchSampler(
+            len(self.dataset), batch_size, world_size, rank, seed, shuffle, flip
+        )
         self._loader = DataLoader(
-            self.dataset, batch_sampler=self.sampler, num_workers=num_workers,
-            collate_fn=collate_u8, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            collate_fn=collate_u8,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )
         self.device = None if device is None else torch.device(device)
@@ -157,9 +185,13 @@ class RecordLoader:
     def state_dict(self) -> dict[str, Any]:
         """Position to resume from: epoch and batches already consumed in it."""
         epoch, batch = (self.epoch + 1, 0) if self.batch >= len(self) else (self.epoch, self.batch)
-        return {"epoch": epoch, "batch": batch, "seed": self.sampler.seed,
-                "global_batch_size": self.sampler.global_batch_size,
-                "num_samples": self.sampler.num_samples}
+        return {
+            "epoch": epoch,
+            "batch": batch,
+            "seed": self.sampler.seed,
+            "global_batch_size": self.sampler.global_batch_size,
+            "num_samples": self.sampler.num_samples,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resumes at ``state``'s position; the next batch is the one that would have followed.
@@ -171,12 +203,16 @@ class RecordLoader:
             ValueError: ``state`` is from a different seed, global batch size or dataset size
                 (then the order would differ), naming the field.
         """
-        for name, mine in (("seed", self.sampler.seed),
-                           ("global_batch_size", self.sampler.global_batch_size),
-                           ("num_samples", self.sampler.num_samples)):
+        for name, mine in (
+            ("seed", self.sampler.seed),
+            ("global_batch_size", self.sampler.global_batch_size),
+            ("num_samples", self.sampler.num_samples),
+        ):
             if name in state and int(state[name]) != mine:
-                raise ValueError(f"loader state has {name}={state[name]} but this loader has "
-                                 f"{name}={mine}; the batch order would not continue")
+                raise ValueError(
+                    f"loader state has {name}={state[name]} but this loader has "
+                    f"{name}={mine}; the batch order would not continue"
+                )
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if not 0 <= batch <= len(self):
             raise ValueError(f"loader state batch={batch} is outside [0, {len(self)}]")

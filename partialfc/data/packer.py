@@ -71,13 +71,17 @@ def list_image_folder(image_dir: str | os.PathLike[str]) -> tuple[list[Path], li
         labels += [label] * len(files)
         label += 1
     if not paths:
-        raise ValueError(f"{root}: no images found in <identity>/<image> sub-folders "
-                         f"(suffixes {', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(
+            f"{root}: no images found in <identity>/<image> sub-folders "
+            f"(suffixes {', '.join(IMAGE_SUFFIXES)})"
+        )
     return paths, labels, label
 
 
-def read_lst(lst_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
-             ) -> tuple[list[Path], list[int], int]:
+def read_lst(
+    lst_path: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None = None,
+) -> tuple[list[Path], list[int], int]:
     """Reads an im2rec ``.lst`` file: ``index<TAB>label<TAB>path`` per line.
 
     Args:
@@ -128,7 +132,9 @@ def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, i
             data = path.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
                 if image.format not in ("JPEG", "PNG"):
-                    raise ValueError(f"{path}: --pass-through needs JPEG or PNG, got {image.format}")
+                    raise ValueError(
+                        f"{path}: --pass-through needs JPEG or PNG, got {image.format}"
+                    )
                 return data, (image.height, image.width)
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -150,9 +156,15 @@ def _encode_task(args: tuple[Path, EncodeOptions]) -> tuple[bytes, tuple[int, in
 
 
 def pack_images(
-    paths: Sequence[Path], labels: Sequence[int], num_classes: int, out_dir: str | os.PathLike[str],
-    options: EncodeOptions | None = None, shuffle: bool = True, seed: int = 0,
-    workers: int | None = None, progress: bool = True,
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    num_classes: int,
+    out_dir: str | os.PathLike[str],
+    options: EncodeOptions | None = None,
+    shuffle: bool = True,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
 ) -> Property:
     """Encodes ``paths`` and writes them as an insightface-layout dataset.
 
@@ -191,8 +203,9 @@ def pack_images(
 
     def payloads() -> Iterator[bytes]:
         nonlocal size
-        encoded = ordered_map(_encode_task, [(p, options) for p in paths], workers, "pack",
-                              progress, chunksize=32)
+        encoded = ordered_map(
+            _encode_task, [(p, options) for p in paths], workers, "pack", progress, chunksize=32
+        )
         for path, (payload, hw) in zip(paths, encoded, strict=True):
             if size is None:
                 size = hw
@@ -225,25 +238,40 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the ``pack`` arguments."""
     parser.add_argument("source", help="image folder (one sub-folder per identity) or a .lst file")
     parser.add_argument("out_dir", help="output folder for train.rec, train.idx, property")
-    parser.add_argument("--root", help="folder the .lst paths are relative to (default: its folder)")
-    parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
-                        help="store images in a seeded random order (default: on)")
+    parser.add_argument(
+        "--root", help="folder the .lst paths are relative to (default: its folder)"
+    )
+    parser.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="store images in a seeded random order (default: on)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     parser.add_argument("--resize", type=_size, metavar="HxW", help="resize every image")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
-    parser.add_argument("--format", choices=("jpg", "png"), default="jpg",
-                        help="encoding of the stored images (default jpg)")
-    parser.add_argument("--pass-through", action="store_true",
-                        help="store the JPEG/PNG files' bytes unchanged")
-    parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPUs)")
+    parser.add_argument(
+        "--format",
+        choices=("jpg", "png"),
+        default="jpg",
+        help="encoding of the stored images (default jpg)",
+    )
+    parser.add_argument(
+        "--pass-through", action="store_true", help="store the JPEG/PNG files' bytes unchanged"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="encoding processes (default: CPUs)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``partialfc pack``."""
     if args.quality != 95 and (args.format == "png" or args.pass_through):
-        log.warning("--quality has no effect with %s", "--pass-through" if args.pass_through
-                    else "--format png")
+        log.warning(
+            "--quality has no effect with %s",
+            "--pass-through" if args.pass_through else "--format png",
+        )
     if args.format != "jpg" and args.pass_through:
         log.warning("--format has no effect with --pass-through: files are stored as they are")
     source = Path(args.source)
@@ -251,10 +279,25 @@ def run(args: argparse.Namespace) -> int:
         paths, labels, num_classes = read_lst(source, args.root)
     else:
         paths, labels, num_classes = list_image_folder(source)
-    options = EncodeOptions(resize=args.resize, img_fmt=f".{args.format}", quality=args.quality,
-                            pass_through=args.pass_through)
-    prop = pack_images(paths, labels, num_classes, args.out_dir, options, shuffle=args.shuffle,
-                       seed=args.seed, workers=args.workers, progress=not args.no_progress)
-    print(f"packed {len(paths)} images of {prop.num_classes} identities, "
-          f"{prop.height}x{prop.width}, into {args.out_dir}")
+    options = EncodeOptions(
+        resize=args.resize,
+        img_fmt=f".{args.format}",
+        quality=args.quality,
+        pass_through=args.pass_through,
+    )
+    prop = pack_images(
+        paths,
+        labels,
+        num_classes,
+        args.out_dir,
+        options,
+        shuffle=args.shuffle,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(
+        f"packed {len(paths)} images of {prop.num_classes} identities, "
+        f"{prop.height}x{prop.width}, into {args.out_dir}"
+    )
     return 0

@@ -50,7 +50,10 @@ class RecordIOError(ValueError):
     """
 
     def __init__(
-        self, message: str, path: str | os.PathLike[str], key: int | None = None,
+        self,
+        message: str,
+        path: str | os.PathLike[str],
+        key: int | None = None,
         offset: int | None = None,
     ) -> None:
         where = [str(path)]
@@ -133,8 +136,9 @@ def unpack(record: bytes) -> tuple[IRHeader, bytes]:
     return header, payload
 
 
-def pack_img(header: IRHeader | Sequence[Any], img: np.ndarray, quality: int = 95,
-             img_fmt: str = ".jpg") -> bytes:
+def pack_img(
+    header: IRHeader | Sequence[Any], img: np.ndarray, quality: int = 95, img_fmt: str = ".jpg"
+) -> bytes:
     """Encodes an RGB (or grayscale) image with Pillow and packs it with ``header``.
 
     Unlike MXNet's OpenCV version the array is RGB, not BGR.
@@ -201,7 +205,10 @@ def read_framed(read_at: Any, path: str, offset: int, key: int | None = None) ->
         if len(head) != _FRAME.size:
             raise RecordIOError(
                 f"truncated record: frame header at byte {pos} has {len(head)} of "
-                f"{_FRAME.size} bytes", path, key, offset,
+                f"{_FRAME.size} bytes",
+                path,
+                key,
+                offset,
             )
         magic, lrec = _FRAME.unpack(head)
         if magic != MAGIC:
@@ -212,13 +219,19 @@ def read_framed(read_at: Any, path: str, offset: int, key: int | None = None) ->
         if cflag > 3 or (cflag in (0, 1)) != (not parts):
             raise RecordIOError(
                 f"corrupt record: continuation flag {cflag} at byte {pos} "
-                f"{'after' if parts else 'at the start of'} a record", path, key, offset,
+                f"{'after' if parts else 'at the start of'} a record",
+                path,
+                key,
+                offset,
             )
         body = read_at(length, pos + _FRAME.size)
         if len(body) != length:
             raise RecordIOError(
                 f"truncated record: payload at byte {pos + _FRAME.size} has {len(body)} of "
-                f"{length} bytes", path, key, offset,
+                f"{length} bytes",
+                path,
+                key,
+                offset,
             )
         parts.append(body)
         pos += _FRAME.size + length + (-length % 4)
@@ -294,7 +307,10 @@ class IndexedRecordReader:
         offset = self.offset(key)
         if offset < 0 or offset >= self.file_size:
             raise RecordIOError(
-                f"index offset is outside the {self.file_size}-byte file", self.rec_path, key, offset
+                f"index offset is outside the {self.file_size}-byte file",
+                self.rec_path,
+                key,
+                offset,
             )
         return read_framed(self._read_at, self.rec_path, offset, key)[0]
 

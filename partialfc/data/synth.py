@@ -57,8 +57,10 @@ class SynthConfig:
         if self.val_pairs < 0 or self.val_pairs % 2:
             raise ValueError(f"SynthConfig.val_pairs must be even and >= 0, got {self.val_pairs}")
         if self.val_pairs and self.val_identities < 2:
-            raise ValueError("SynthConfig.val_identities must be >= 2 for different-identity pairs,"
-                             f" got {self.val_identities}")
+            raise ValueError(
+                "SynthConfig.val_identities must be >= 2 for different-identity pairs,"
+                f" got {self.val_identities}"
+            )
         if not 1 <= self.quality <= 100:
             raise ValueError(f"SynthConfig.quality must be in 1..100, got {self.quality}")
 
@@ -84,8 +86,12 @@ def _pair_task(args: tuple[SynthConfig, int, bool]) -> tuple[bytes, bytes]:
     return _image(cfg, _HELD_OUT, int(a), 2 * pair), _image(cfg, _HELD_OUT, int(b), 2 * pair + 1)
 
 
-def synth_dataset(out_dir: str | os.PathLike[str], cfg: SynthConfig | None = None,
-                  workers: int | None = None, progress: bool = False) -> Property:
+def synth_dataset(
+    out_dir: str | os.PathLike[str],
+    cfg: SynthConfig | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> Property:
     """Generates the training set and ``val.bin`` into ``out_dir``.
 
     Args:
@@ -107,8 +113,12 @@ def synth_dataset(out_dir: str | os.PathLike[str], cfg: SynthConfig | None = Non
         items = [items[k] for k in np.random.default_rng([cfg.seed, 3]).permutation(n)]
     tasks = [(cfg, i, j) for i, j in items]
     prop = Property(cfg.identities, cfg.size, cfg.size)
-    write_dataset(out, ordered_map(_train_task, tasks, workers, "synth train", progress),
-                  [i for i, _ in items], prop)
+    write_dataset(
+        out,
+        ordered_map(_train_task, tasks, workers, "synth train", progress),
+        [i for i, _ in items],
+        prop,
+    )
     if cfg.val_pairs:
         half = cfg.val_pairs // 2
         issame = np.random.default_rng([cfg.seed, 4]).permutation([True] * half + [False] * half)
@@ -124,20 +134,41 @@ def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the ``synth`` arguments."""
     d = SynthConfig()
     parser.add_argument("out_dir", help="output folder")
-    parser.add_argument("--identities", type=int, default=d.identities,
-                        help=f"training identities (default {d.identities})")
-    parser.add_argument("--images-per-identity", type=int, default=d.images_per_identity,
-                        help=f"images per training identity (default {d.images_per_identity})")
+    parser.add_argument(
+        "--identities",
+        type=int,
+        default=d.identities,
+        help=f"training identities (default {d.identities})",
+    )
+    parser.add_argument(
+        "--images-per-identity",
+        type=int,
+        default=d.images_per_identity,
+        help=f"images per training identity (default {d.images_per_identity})",
+    )
     parser.add_argument("--size", type=int, default=d.size, help=f"image side (default {d.size})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed (default {d.seed})")
-    parser.add_argument("--val-identities", type=int, default=d.val_identities,
-                        help=f"held-out identities in val.bin (default {d.val_identities})")
-    parser.add_argument("--val-pairs", type=int, default=d.val_pairs,
-                        help=f"pairs in val.bin, even; 0 for none (default {d.val_pairs})")
-    parser.add_argument("--quality", type=int, default=d.quality,
-                        help=f"JPEG quality (default {d.quality})")
-    parser.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=d.shuffle,
-                        help="store training images in a seeded random order (default: on)")
+    parser.add_argument(
+        "--val-identities",
+        type=int,
+        default=d.val_identities,
+        help=f"held-out identities in val.bin (default {d.val_identities})",
+    )
+    parser.add_argument(
+        "--val-pairs",
+        type=int,
+        default=d.val_pairs,
+        help=f"pairs in val.bin, even; 0 for none (default {d.val_pairs})",
+    )
+    parser.add_argument(
+        "--quality", type=int, default=d.quality, help=f"JPEG quality (default {d.quality})"
+    )
+    parser.add_argument(
+        "--shuffle",
+        action=argparse.BooleanOptionalAction,
+        default=d.shuffle,
+        help="store training images in a seeded random order (default: on)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
@@ -145,12 +176,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Runs ``partialfc synth``."""
     cfg = SynthConfig(
-        identities=args.identities, images_per_identity=args.images_per_identity, size=args.size,
-        seed=args.seed, val_identities=args.val_identities, val_pairs=args.val_pairs,
-        quality=args.quality, shuffle=args.shuffle,
+        identities=args.identities,
+        images_per_identity=args.images_per_identity,
+        size=args.size,
+        seed=args.seed,
+        val_identities=args.val_identities,
+        val_pairs=args.val_pairs,
+        quality=args.quality,
+        shuffle=args.shuffle,
     )
     prop = synth_dataset(args.out_dir, cfg, workers=args.workers, progress=not args.no_progress)
-    print(f"wrote {cfg.identities * cfg.images_per_identity} images of {prop.num_classes} "
-          f"identities ({prop.height}x{prop.width}) and {cfg.val_pairs} verification pairs of "
-          f"{cfg.val_identities} held-out identities to {args.out_dir}")
+    print(
+        f"wrote {cfg.identities * cfg.images_per_identity} images of {prop.num_classes} "
+        f"identities ({prop.height}x{prop.width}) and {cfg.val_pairs} verification pairs of "
+        f"{cfg.val_identities} held-out identities to {args.out_dir}"
+    )
     return 0

@@ -20,8 +20,16 @@ _BASE = 112.0
 _SS = 2  # drawn at 2x then box-downsampled: cheap anti-aliasing
 
 _HAIR_COLOURS = np.array(
-    [[20, 16, 14], [60, 40, 25], [110, 75, 40], [190, 150, 90], [150, 60, 30], [170, 170, 170],
-     [235, 225, 200]], dtype=np.float64,
+    [
+        [20, 16, 14],
+        [60, 40, 25],
+        [110, 75, 40],
+        [190, 150, 90],
+        [150, 60, 30],
+        [170, 170, 170],
+        [235, 225, 200],
+    ],
+    dtype=np.float64,
 )
 _IRIS_COLOURS = np.array(
     [[70, 45, 25], [40, 25, 15], [60, 100, 150], [80, 120, 70], [110, 110, 120]], dtype=np.float64
@@ -74,16 +82,38 @@ def identity_params(rng: np.random.Generator) -> FaceParams:
     skin = np.clip(skin * u(0.92, 1.08, 3), 0, 255)
     hair = np.clip(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * u(0.8, 1.2, 3), 0, 255)
     return FaceParams(
-        face_rx=u(31, 42), face_ry=u(44, 56), face_cy=u(58, 64), face_power=u(1.8, 3.2),
-        chin=u(0.0, 0.3), skin=skin, hair=hair, hair_style=int(rng.choice(4, p=[.15, .35, .3, .2])),
-        hair_top=u(4, 14), eye_dx=u(14, 21), eye_y=u(47, 55), eye_w=u(6, 10.5), eye_h=u(2.5, 5),
-        eye_tilt=u(-0.2, 0.2), iris=np.clip(_IRIS_COLOURS[rng.integers(5)] * u(0.8, 1.2, 3), 0, 255),
-        brow_gap=u(5, 11), brow_w=u(8, 14), brow_thick=u(1.5, 4.5), brow_tilt=u(-0.35, 0.35),
-        nose_len=u(10, 20), nose_w=u(4, 11), mouth_y=u(84, 96), mouth_w=u(9, 20), lip=u(1.5, 5),
+        face_rx=u(31, 42),
+        face_ry=u(44, 56),
+        face_cy=u(58, 64),
+        face_power=u(1.8, 3.2),
+        chin=u(0.0, 0.3),
+        skin=skin,
+        hair=hair,
+        hair_style=int(rng.choice(4, p=[0.15, 0.35, 0.3, 0.2])),
+        hair_top=u(4, 14),
+        eye_dx=u(14, 21),
+        eye_y=u(47, 55),
+        eye_w=u(6, 10.5),
+        eye_h=u(2.5, 5),
+        eye_tilt=u(-0.2, 0.2),
+        iris=np.clip(_IRIS_COLOURS[rng.integers(5)] * u(0.8, 1.2, 3), 0, 255),
+        brow_gap=u(5, 11),
+        brow_w=u(8, 14),
+        brow_thick=u(1.5, 4.5),
+        brow_tilt=u(-0.35, 0.35),
+        nose_len=u(10, 20),
+        nose_w=u(4, 11),
+        mouth_y=u(84, 96),
+        mouth_w=u(9, 20),
+        lip=u(1.5, 5),
         lip_colour=np.clip(skin * np.array([0.85, 0.55, 0.55]) * u(0.8, 1.1), 0, 255),
-        smile=u(-2, 4), ear=u(5, 11), beard=int(rng.choice(3, p=[.7, .15, .15])),
-        moustache=bool(u() < 0.2), glasses=int(rng.choice(3, p=[.75, .125, .125])),
-        glasses_colour=u(0, 200, 3), moles=u(-1, 1, (int(rng.integers(0, 4)), 2)),
+        smile=u(-2, 4),
+        ear=u(5, 11),
+        beard=int(rng.choice(3, p=[0.7, 0.15, 0.15])),
+        moustache=bool(u() < 0.2),
+        glasses=int(rng.choice(3, p=[0.75, 0.125, 0.125])),
+        glasses_colour=u(0, 200, 3),
+        moles=u(-1, 1, (int(rng.integers(0, 4)), 2)),
     )
 
 
@@ -92,8 +122,9 @@ def _rgb(colour: np.ndarray) -> tuple[int, int, int]:
     return r, g, b
 
 
-def _superellipse(cx: float, cy: float, rx: float, ry: float, power: float, chin: float,
-                  n: int = 48) -> list[tuple[float, float]]:
+def _superellipse(
+    cx: float, cy: float, rx: float, ry: float, power: float, chin: float, n: int = 48
+) -> list[tuple[float, float]]:
     out = []
     for k in range(n):
         a = 2 * math.pi * k / n
@@ -142,25 +173,37 @@ def render_face(p: FaceParams, rng: np.random.Generator, size: int = 112) -> np.
     skin, hair = p.skin, p.hair
     top = p.face_cy - p.face_ry
     # neck and ears behind the face
-    draw.rectangle([*pt(cx - p.face_rx * 0.45, p.face_cy), *pt(cx + p.face_rx * 0.45, 120)],
-                   fill=_rgb(skin * 0.85))
+    draw.rectangle(
+        [*pt(cx - p.face_rx * 0.45, p.face_cy), *pt(cx + p.face_rx * 0.45, 120)],
+        fill=_rgb(skin * 0.85),
+    )
     for side in (-1, 1):
         ell(cx + side * (p.face_rx - 1) - yaw * 1.5, p.eye_y + 6, p.ear * 0.6, p.ear, skin * 0.9)
     if p.hair_style == 2:  # long hair falls behind the face
-        draw.rectangle([*pt(cx - p.face_rx - 6, top + 8), *pt(cx + p.face_rx + 6, p.face_cy + 30)],
-                       fill=_rgb(hair))
+        draw.rectangle(
+            [*pt(cx - p.face_rx - 6, top + 8), *pt(cx + p.face_rx + 6, p.face_cy + 30)],
+            fill=_rgb(hair),
+        )
     if p.hair_style > 0:
         ell(cx, top + p.hair_top * 0.6, p.face_rx + 3, p.hair_top + 8, hair)
     face = _superellipse(cx, p.face_cy, p.face_rx, p.face_ry, p.face_power, p.chin)
     draw.polygon([pt(x, y) for x, y in face], fill=_rgb(skin))
     if p.hair_style == 3:  # fringe over the forehead
-        draw.chord([*pt(cx - p.face_rx, top - 6), *pt(cx + p.face_rx, top + p.hair_top + 14)],
-                   0, 180, fill=_rgb(hair))
+        draw.chord(
+            [*pt(cx - p.face_rx, top - 6), *pt(cx + p.face_rx, top + p.hair_top + 14)],
+            0,
+            180,
+            fill=_rgb(hair),
+        )
     if p.beard:
         y0 = p.mouth_y - (8 if p.beard == 2 else 2)
         rx = p.face_rx * (0.95 if p.beard == 2 else 0.45)
-        draw.chord([*pt(fx - rx, y0 - 10), *pt(fx + rx, p.face_cy + p.face_ry + 2)], 0, 180,
-                   fill=_rgb(hair * 0.9))
+        draw.chord(
+            [*pt(fx - rx, y0 - 10), *pt(fx + rx, p.face_cy + p.face_ry + 2)],
+            0,
+            180,
+            fill=_rgb(hair * 0.9),
+        )
     for mx, my in p.moles:
         ell(fx + mx * p.face_rx * 0.6, p.face_cy + my * p.face_ry * 0.5, 1.3, 1.3, skin * 0.45)
 
@@ -176,8 +219,11 @@ def render_face(p: FaceParams, rng: np.random.Generator, size: int = 112) -> np.
             ell(ex + yaw * 1.5, ey, r * 0.45, min(r, eh) * 0.45, np.zeros(3))
         by = ey - p.eye_h - p.brow_gap * u(0.9, 1.1)
         dy = side * p.brow_tilt * p.brow_w
-        draw.line([pt(ex - p.brow_w, by + dy), pt(ex + p.brow_w, by - dy)],
-                  fill=_rgb(hair * 0.8), width=max(1, round(p.brow_thick * k)))
+        draw.line(
+            [pt(ex - p.brow_w, by + dy), pt(ex + p.brow_w, by - dy)],
+            fill=_rgb(hair * 0.8),
+            width=max(1, round(p.brow_thick * k)),
+        )
     if p.glasses:
         colour = _rgb(p.glasses_colour)
         for side in (-1, 1):
@@ -187,27 +233,47 @@ def render_face(p: FaceParams, rng: np.random.Generator, size: int = 112) -> np.
                 draw.ellipse(box, outline=colour, width=round(1.5 * k))
             else:
                 draw.rectangle(box, outline=colour, width=round(1.5 * k))
-        draw.line([pt(fx - p.eye_dx + p.eye_w + 3, p.eye_y), pt(fx + p.eye_dx - p.eye_w - 3, p.eye_y)],
-                  fill=colour, width=round(1.5 * k))
+        draw.line(
+            [pt(fx - p.eye_dx + p.eye_w + 3, p.eye_y), pt(fx + p.eye_dx - p.eye_w - 3, p.eye_y)],
+            fill=colour,
+            width=round(1.5 * k),
+        )
 
     ny = p.eye_y + 4
-    nose = [pt(fx + yaw * 2, ny), pt(fx - p.nose_w / 2 + yaw * 3, ny + p.nose_len),
-            pt(fx + p.nose_w / 2 + yaw * 3, ny + p.nose_len)]
+    nose = [
+        pt(fx + yaw * 2, ny),
+        pt(fx - p.nose_w / 2 + yaw * 3, ny + p.nose_len),
+        pt(fx + p.nose_w / 2 + yaw * 3, ny + p.nose_len),
+    ]
     draw.polygon(nose, fill=_rgb(skin * 0.82))
     for side in (-1, 1):
         ell(fx + yaw * 3 + side * p.nose_w * 0.3, ny + p.nose_len - 0.5, 1.2, 0.9, skin * 0.45)
     if p.moustache:
-        draw.chord([*pt(fx - p.mouth_w * 0.8, p.mouth_y - 7), *pt(fx + p.mouth_w * 0.8, p.mouth_y)],
-                   180, 360, fill=_rgb(hair * 0.9))
+        draw.chord(
+            [*pt(fx - p.mouth_w * 0.8, p.mouth_y - 7), *pt(fx + p.mouth_w * 0.8, p.mouth_y)],
+            180,
+            360,
+            fill=_rgb(hair * 0.9),
+        )
     smile = p.smile + u(-2.5, 2.5)
     opened = u() < 0.2
     my = p.mouth_y
-    lips = [pt(fx - p.mouth_w, my - smile), pt(fx, my - p.lip * 0.5),
-            pt(fx + p.mouth_w, my - smile), pt(fx, my + p.lip + (3 if opened else 0))]
+    lips = [
+        pt(fx - p.mouth_w, my - smile),
+        pt(fx, my - p.lip * 0.5),
+        pt(fx + p.mouth_w, my - smile),
+        pt(fx, my + p.lip + (3 if opened else 0)),
+    ]
     draw.polygon(lips, fill=_rgb(p.lip_colour))
     if opened:
-        draw.line([pt(fx - p.mouth_w * 0.7, my - smile * 0.5), pt(fx + p.mouth_w * 0.7, my - smile * 0.5)],
-                  fill=(40, 10, 10), width=max(1, round(1.5 * k)))
+        draw.line(
+            [
+                pt(fx - p.mouth_w * 0.7, my - smile * 0.5),
+                pt(fx + p.mouth_w * 0.7, my - smile * 0.5),
+            ],
+            fill=(40, 10, 10),
+            width=max(1, round(1.5 * k)),
+        )
 
     img = img.reduce(_SS)
     # Pose: in-plane rotation, scale and shift about the crop centre.
@@ -215,10 +281,17 @@ def render_face(p: FaceParams, rng: np.random.Generator, size: int = 112) -> np.
     shift = u(-4, 4, 2) * size / _BASE
     c, s, h = math.cos(angle) / scale, math.sin(angle) / scale, size / 2
     # inverse map output -> input, as Image.transform wants
-    coeffs = (c, s, h - c * (h + shift[0]) - s * (h + shift[1]),
-              -s, c, h + s * (h + shift[0]) - c * (h + shift[1]))
-    img = img.transform(img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR,
-                        fillcolor=_rgb(bg_a))
+    coeffs = (
+        c,
+        s,
+        h - c * (h + shift[0]) - s * (h + shift[1]),
+        -s,
+        c,
+        h + s * (h + shift[0]) - c * (h + shift[1]),
+    )
+    img = img.transform(
+        img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=_rgb(bg_a)
+    )
     radius = u(0, 1.2) if u() < 0.6 else 0.0
     if radius > 0.2:
         img = img.filter(ImageFilter.GaussianBlur(radius))

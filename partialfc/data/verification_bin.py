@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def write_bin(path: str | os.PathLike[str], images: Sequence[bytes], issame: Sequence[bool]) -> None:
+def write_bin(
+    path: str | os.PathLike[str], images: Sequence[bytes], issame: Sequence[bool]
+) -> None:
     """Writes a verification ``.bin``.
 
     Args:
@@ -22,8 +24,9 @@ def write_bin(path: str | os.PathLike[str], images: Sequence[bytes], issame: Seq
         issame: whether each pair shows one identity.
     """
     if len(images) != 2 * len(issame):
-        raise ValueError(f"{path}: need two images per pair, got {len(images)} images for "
-                         f"{len(issame)} pairs")
+        raise ValueError(
+            f"{path}: need two images per pair, got {len(images)} images for {len(issame)} pairs"
+        )
     payload = ([bytes(b) for b in images], [bool(s) for s in issame])
     with open(path, "wb") as f:
         pickle.dump(payload, f, protocol=4)

@@ -23,6 +23,10 @@ def run(args: argparse.Namespace) -> int:
     model, _ = load_backbone(args.checkpoint)
     for path in args.sets:
         images, issame = load_pair_set(path)
-        result = verify(model, images, torch.from_numpy(issame), args.batch_size, flip=not args.no_flip)
-        print(f"{path.stem}: accuracy {result.accuracy:.4f} +- {result.std:.4f} ({issame.shape[0]} pairs)")
+        result = verify(
+            model, images, torch.from_numpy(issame), args.batch_size, flip=not args.no_flip
+        )
+        print(
+            f"{path.stem}: accuracy {result.accuracy:.4f} +- {result.std:.4f} ({issame.shape[0]} pairs)"
+        )
     return 0

@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        print("\nSections and keys: see partialfc/train/config.py or the README's configuration table.")
+        print(
+            "\nSections and keys: see partialfc/train/config.py or the README's configuration table."
+        )
         return 0 if argv else 2
     path, overrides = (None, argv) if argv[0].startswith("--") else (argv[0], argv[1:])
     cfg = Config.load(path, overrides)

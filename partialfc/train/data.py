@@ -32,7 +32,12 @@ class SyntheticLoader:
 
     def __init__(self, num_classes: int, batch_size: int, rank: int, seed: int, image_size: int = 112,
                  batches_per_epoch: int = 1000) -> None:  # fmt: skip
-        self.num_classes, self.batch_size, self.rank, self.seed = num_classes, batch_size, rank, seed
+        self.num_classes, self.batch_size, self.rank, self.seed = (
+            num_classes,
+            batch_size,
+            rank,
+            seed,
+        )
         self.image_size, self.batches_per_epoch = image_size, batches_per_epoch
         self.epoch = self.batch = 0
 
@@ -41,10 +46,15 @@ class SyntheticLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while self.batch < self.batches_per_epoch:
-            key = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + self.batch) * 1_000_003 + self.rank
+            key = (
+                (self.seed * 1_000_003 + self.epoch) * 1_000_003 + self.batch
+            ) * 1_000_003 + self.rank
             gen = torch.Generator().manual_seed(key % 2**63)
             self.batch += 1
-            images = torch.rand(self.batch_size, 3, self.image_size, self.image_size, generator=gen) * 2 - 1
+            images = (
+                torch.rand(self.batch_size, 3, self.image_size, self.image_size, generator=gen) * 2
+                - 1
+            )
             yield images, torch.randint(0, self.num_classes, (self.batch_size,), generator=gen)
         self.epoch, self.batch = self.epoch + 1, 0
 

@@ -31,13 +31,17 @@ def load_pair_set(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
 
 
 @torch.no_grad()
-def evaluate_sets(backbone: nn.Module, paths: list[str], batch_size: int, rt: Runtime) -> dict[str, float]:
+def evaluate_sets(
+    backbone: nn.Module, paths: list[str], batch_size: int, rt: Runtime
+) -> dict[str, float]:
     """10-fold verification accuracy of each set; every rank embeds a contiguous slice of it."""
     results = {}
     for path in paths:
         images, issame = load_pair_set(path)
         n = images.shape[0]
-        per = -(-n // rt.world_size)  # ceil: the last slice is padded so the gather sees equal sizes
+        per = -(
+            -n // rt.world_size
+        )  # ceil: the last slice is padded so the gather sees equal sizes
         mine = images[rt.rank * per : (rt.rank + 1) * per]
         emb = embed(backbone, mine, batch_size).to(rt.device)  # (<= per, D) unit rows
         padded = F.pad(emb, (0, 0, 0, per - emb.shape[0]))

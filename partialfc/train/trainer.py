@@ -91,9 +91,13 @@ class Trainer:
                 model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
             )
         else:
-            self.opt_backbone = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+            self.opt_backbone = torch.optim.AdamW(
+                model.parameters(), lr=o.lr, weight_decay=o.weight_decay
+            )
         head_params = [p for p in (self.head.weight, self.head.bias) if p is not None]
-        self.opt_head = SparseSGD(head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        self.opt_head = SparseSGD(
+            head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+        )
         # One scaler for both optimizers: one loss scale, each optimizer skips on its own infs.
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.precision == "fp16")
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * len(self.loader)
@@ -112,7 +116,11 @@ class Trainer:
             sinks.append(JsonlSink(self.output_dir / "metrics.jsonl"))
         if self.cfg.metrics.port:
             sinks.append(
-                PrometheusSink(self.cfg.metrics.port + self.rt.local_rank, rank=self.rt.rank, healthy=lambda: True)
+                PrometheusSink(
+                    self.cfg.metrics.port + self.rt.local_rank,
+                    rank=self.rt.rank,
+                    healthy=lambda: True,
+                )
             )
         return MultiSink(sinks)
 
@@ -136,7 +144,9 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        path = checkpoint.save(self._state(), self.output_dir, self.step, keep=self.cfg.train.keep_checkpoints)
+        path = checkpoint.save(
+            self._state(), self.output_dir, self.step, keep=self.cfg.train.keep_checkpoints
+        )
         # Per-rank RNG streams (dropout) go beside the DCP files; a run resumed on another world
         # size reseeds from (seed, step, rank) instead.
         torch.save(_rng_state(), path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt")
@@ -175,10 +185,14 @@ class Trainer:
         while True:
             yield from self.loader
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def train_step(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """One optimizer step on this rank's part of the global batch; returns the loss (tensor)."""
         cfg, rt = self.cfg, self.rt
-        lr = learning_rate(self.step, cfg.optim.lr, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power)
+        lr = learning_rate(
+            self.step, cfg.optim.lr, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power
+        )
         for opt in (self.opt_backbone, self.opt_head):
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -207,14 +221,23 @@ class Trainer:
         t0 = time.perf_counter()
         # The loss is the same on every rank; the stop flag must be agreed on: one small collective.
         flags = all_reduce_max(
-            torch.stack([(~torch.isfinite(total)).float(), torch.tensor(float(self._stop_requested), device=rt.device)])
+            torch.stack(
+                [
+                    (~torch.isfinite(total)).float(),
+                    torch.tensor(float(self._stop_requested), device=rt.device),
+                ]
+            )
         ).tolist()
         finite, self._stop_requested = flags[0] == 0.0, flags[1] > 0.0
         grad_norm = math.nan
         if finite:
             self.scaler.unscale_(self.opt_backbone)
             if cfg.train.clip_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), cfg.train.clip_grad_norm))
+                grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(
+                        self.backbone.parameters(), cfg.train.clip_grad_norm
+                    )
+                )
             self.scaler.step(self.opt_backbone)
             self.scaler.step(self.opt_head)
             self.scaler.update()
@@ -229,7 +252,11 @@ class Trainer:
                 )
         times["optimizer"] = time.perf_counter() - t0
         self.step += 1
-        return total, {"lr": lr, "grad_norm": grad_norm, **{f"time/{k_}": v for k_, v in times.items()}}
+        return total, {
+            "lr": lr,
+            "grad_norm": grad_norm,
+            **{f"time/{k_}": v for k_, v in times.items()},
+        }
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or until SIGTERM/SIGINT), checkpointing on the way."""
@@ -244,7 +271,10 @@ class Trainer:
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             images, labels = next(batches)
-            images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+            images, labels = (
+                images.to(rt.device, non_blocking=True),
+                labels.to(rt.device, non_blocking=True),
+            )
             t_data = time.perf_counter() - t0
             loss, info = self.train_step(images, labels)
             step_time = time.perf_counter() - t0
@@ -259,7 +289,10 @@ class Trainer:
                 "memory_bytes": float(_peak_memory(rt.device)),
                 **info,
             }
-            self.sink.log_dict({k: v for k, v in values.items() if not (k == "grad_norm" and math.isnan(v))}, self.step)
+            self.sink.log_dict(
+                {k: v for k, v in values.items() if not (k == "grad_norm" and math.isnan(v))},
+                self.step,
+            )
             progress.update(self.step, loss_value, values["samples_per_second"])
             if cfg.eval.sets and cfg.eval.every and self.step % cfg.eval.every == 0:
                 self._evaluate()
@@ -275,7 +308,9 @@ class Trainer:
         return {"step": self.step, "stopped": stopped, "losses": losses, "eval": results}
 
     def _evaluate(self) -> dict[str, float]:
-        results = evaluate_sets(self.backbone, self.cfg.eval.sets, self.cfg.eval.batch_size, self.rt)
+        results = evaluate_sets(
+            self.backbone, self.cfg.eval.sets, self.cfg.eval.batch_size, self.rt
+        )
         self.sink.log_dict({f"eval/{name}": acc for name, acc in results.items()}, self.step)
         if self.rt.is_main:
             print("  ".join(f"{name} {acc:.4f}" for name, acc in results.items()), flush=True)
@@ -292,7 +327,9 @@ class _Progress:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+                self.bar = tqdm(
+                    total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0
+                )
             except ImportError:
                 self.bar = None
         self.total, self.last = total, start
@@ -302,9 +339,14 @@ class _Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.last)
-            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False
+            )
         elif step % 10 == 0 or step == self.total:
-            print(f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_second:.0f} samples/s", flush=True)
+            print(
+                f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_second:.0f} samples/s",
+                flush=True,
+            )
         self.last = step
 
     def close(self) -> None:
@@ -321,7 +363,11 @@ def _peak_memory(device: torch.device) -> int:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -333,5 +379,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-

@@ -22,7 +22,11 @@ from tests.distributed.harness import run_ranks
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    synth_dataset(root, SynthConfig(identities=12, images_per_identity=4, val_identities=6, val_pairs=20), workers=1)
+    synth_dataset(
+        root,
+        SynthConfig(identities=12, images_per_identity=4, val_identities=6, val_pairs=20),
+        workers=1,
+    )
     return root
 
 
@@ -32,7 +36,13 @@ def _config(data: Path, out: Path, steps: int, backbone: str = "tinyface_gn", **
         "model": {"backbone": backbone, "embedding_size": 16},
         "head": {"margin": "arcface", "s": 16.0, "m2": 0.3, "sample_rate": 1.0},
         "optim": {"lr": 0.05, "warmup_steps": 1},
-        "train": {"max_steps": steps, "output_dir": str(out), "checkpoint_every": 2, "log_every": 1, **train},
+        "train": {
+            "max_steps": steps,
+            "output_dir": str(out),
+            "checkpoint_every": 2,
+            "log_every": 1,
+            **train,
+        },
         "eval": {"sets": [str(data / "val.bin")], "every": 0},
         "metrics": {"port": 0},
     }
@@ -62,15 +72,24 @@ def test_n_ranks_train_exactly_like_one_process(dataset: Path, tmp_path: Path) -
     for world in (2, 3):
         out, res = runs[world]
         assert_close(torch.tensor(res["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
-        assert_close(checkpoint.read_class_centers(out), checkpoint.read_class_centers(one_out), rtol=1e-4, atol=1e-6)
+        assert_close(
+            checkpoint.read_class_centers(out),
+            checkpoint.read_class_centers(one_out),
+            rtol=1e-4,
+            atol=1e-6,
+        )
         model, _ = load_backbone(out)
         reference, _ = load_backbone(one_out)
-        for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+        for (name, a), (_, b) in zip(
+            model.state_dict().items(), reference.state_dict().items(), strict=True
+        ):
             # float32 sums in another order, over three steps: ~1e-5 of each tensor's scale. An
             # averaging (not summing) DDP would be off by the whole update, ~1e-2 of it.
             scale = float(b.abs().max()) if b.dtype.is_floating_point else 1.0
             assert_close(a, b, rtol=1e-4, atol=1e-3 * scale, msg=name)
-        assert res["eval"]["val"] == pytest.approx(one["eval"]["val"], abs=0.051), "same model, same accuracy"
+        assert res["eval"]["val"] == pytest.approx(one["eval"]["val"], abs=0.051), (
+            "same model, same accuracy"
+        )
 
 
 def test_resume_on_three_ranks_then_one(dataset: Path, tmp_path: Path) -> None:

@@ -93,7 +93,7 @@ def test_sharded_equal_batches_and_disjoint(synth, world_size):
     for rank, epochs in enumerate(per_rank):
         start = 72 * rank // world_size
         got = torch.cat(epochs[0]).numpy()
-        np.testing.assert_array_equal(got, labels[start:start + expected * b])
+        np.testing.assert_array_equal(got, labels[start : start + expected * b])
 
 
 def test_filtered_index_leaves_out_headers(synth, tmp_path):
@@ -120,7 +120,9 @@ def test_image_size_differs_from_property(synth, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth, root)
     (root / "property").write_text("12,100,100")
-    with pytest.raises(ValueError, match=r"train\.rec: DALI decoded an image of shape \(3, 112, 112\)"):
+    with pytest.raises(
+        ValueError, match=r"train\.rec: DALI decoded an image of shape \(3, 112, 112\)"
+    ):
         next(iter(_dali(root, batch_size=8)))
 
 

@@ -7,7 +7,17 @@ import sys
 
 def test_head_demo_learns_identities_on_two_ranks() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "partialfc", "demo", "--head-only", "--identities", "4000", "--steps", "150"],
+        [
+            sys.executable,
+            "-m",
+            "partialfc",
+            "demo",
+            "--head-only",
+            "--identities",
+            "4000",
+            "--steps",
+            "150",
+        ],
         check=True,
         capture_output=True,
         text=True,

@@ -22,8 +22,10 @@ def _records():
     """Plain, multi-label and magic-containing records, as MXNet's own pack builds them."""
     rng = np.random.default_rng(0)
     out = [b"", b"abc", M, b"ab" + M + b"cd" + M, b"wxyz" + M + M + b"tail" + M, M * 5 + b"q"]
-    out += [mx.recordio.pack(mx.recordio.IRHeader(0, float(i), i, 0), rng.bytes(37 * i))
-            for i in range(1, 6)]
+    out += [
+        mx.recordio.pack(mx.recordio.IRHeader(0, float(i), i, 0), rng.bytes(37 * i))
+        for i in range(1, 6)
+    ]
     out += [mx.recordio.pack(mx.recordio.IRHeader(0, [1.0, 2.0, 3.0], 9, 1), M + b"image" + M)]
     # a multi-label header whose float32 labels themselves spell the magic word
     out += [mx.recordio.pack(mx.recordio.IRHeader(0, np.frombuffer(M * 2, np.float32), 3, 0), M)]
@@ -74,7 +76,10 @@ def test_pack_and_unpack_match_mxnet(label):
     theirs_h, theirs_p = mx.recordio.unpack(ours)
     ours_h, ours_p = unpack(ours)
     assert (ours_h.flag, ours_h.id, ours_h.id2, ours_p) == (
-        theirs_h.flag, theirs_h.id, theirs_h.id2, theirs_p
+        theirs_h.flag,
+        theirs_h.id,
+        theirs_h.id2,
+        theirs_p,
     )
     np.testing.assert_array_equal(ours_h.label, theirs_h.label)
 

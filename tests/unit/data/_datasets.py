@@ -20,8 +20,9 @@ def make_synth(out: Path, cfg: SynthConfig = SMALL) -> Path:
     return out
 
 
-def write_image_folder(root: Path, identities: int = 4, per_identity: int = 3, size: int = 48,
-                       suffix: str = ".png") -> Path:
+def write_image_folder(
+    root: Path, identities: int = 4, per_identity: int = 3, size: int = 48, suffix: str = ".png"
+) -> Path:
     """``root/idNN/MM.png``: synthetic faces saved as image files, as a user's folder would be."""
     for i in range(identities):
         params = identity_params(np.random.default_rng([9, i]))
@@ -36,6 +37,14 @@ def write_image_folder(root: Path, identities: int = 4, per_identity: int = 3, s
 def make_packed(out: Path, images: Path, img_fmt: str = ".png", **kwargs) -> Path:
     """Packs ``images`` (an image folder) into ``out``."""
     paths, labels, num_classes = list_image_folder(images)
-    pack_images(paths, labels, num_classes, out, EncodeOptions(img_fmt=img_fmt), workers=1,
-                progress=False, **kwargs)
+    pack_images(
+        paths,
+        labels,
+        num_classes,
+        out,
+        EncodeOptions(img_fmt=img_fmt),
+        workers=1,
+        progress=False,
+        **kwargs,
+    )
     return out

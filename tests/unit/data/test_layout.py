@@ -12,7 +12,9 @@ from partialfc.data.layout import write_dataset, write_records
 
 def _payloads(n, size=(8, 8)):
     rng = np.random.default_rng(0)
-    return [encode_image(rng.integers(0, 256, (*size, 3), dtype=np.uint8), ".png") for _ in range(n)]
+    return [
+        encode_image(rng.integers(0, 256, (*size, 3), dtype=np.uint8), ".png") for _ in range(n)
+    ]
 
 
 def test_record0_and_identity_records_when_grouped(tmp_path):
@@ -72,7 +74,9 @@ def test_label_out_of_range_names_file_and_key(tmp_path):
     Property(4, 8, 8).write(tmp_path / "property")  # claims 4 classes; key 2 has label 5
     rec = FaceRecord(tmp_path)
     assert rec.read_image_record(1)[0] == 0
-    with pytest.raises(DatasetError, match=r"train\.rec, key 2: label 5 is not a class in \[0, 4\)"):
+    with pytest.raises(
+        DatasetError, match=r"train\.rec, key 2: label 5 is not a class in \[0, 4\)"
+    ):
         rec.read_image_record(2)
     with pytest.raises(DatasetError, match="key 2"):
         rec.labels()
@@ -82,7 +86,9 @@ def test_label_out_of_range_names_file_and_key(tmp_path):
 
 def test_image_size_differs_from_property(tmp_path):
     write_dataset(tmp_path, _payloads(2, size=(8, 6)), [0, 1], Property(2, 8, 8))
-    with pytest.raises(DatasetError, match=r"train\.rec, key 1: image is 8x6 but .*property says 8x8"):
+    with pytest.raises(
+        DatasetError, match=r"train\.rec, key 1: image is 8x6 but .*property says 8x8"
+    ):
         RecordDataset(tmp_path)[0]
 
 

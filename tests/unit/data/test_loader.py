@@ -39,8 +39,12 @@ def test_output_contract(synth):
 def test_global_batch_is_world_size_independent(synth, world_size):
     b = 4
     single = _epoch(RecordLoader(synth, batch_size=b * world_size, num_workers=0, seed=5))
-    ranks = [_epoch(RecordLoader(synth, batch_size=b, world_size=world_size, rank=r,
-                                 num_workers=0, seed=5)) for r in range(world_size)]
+    ranks = [
+        _epoch(
+            RecordLoader(synth, batch_size=b, world_size=world_size, rank=r, num_workers=0, seed=5)
+        )
+        for r in range(world_size)
+    ]
     assert len(single) == 72 // (b * world_size)
     assert all(len(r) == len(single) for r in ranks)  # equal number of batches on every rank
     for g, (x, y) in enumerate(single):
@@ -116,8 +120,10 @@ def test_resume_on_another_world_size_with_the_same_global_batch(synth):
     next(it)
     next(it)
     want = next(it)
-    two = [RecordLoader(synth, batch_size=6, world_size=2, rank=r, num_workers=0, seed=3)
-           for r in range(2)]
+    two = [
+        RecordLoader(synth, batch_size=6, world_size=2, rank=r, num_workers=0, seed=3)
+        for r in range(2)
+    ]
     state = {"epoch": 0, "batch": 2, "seed": 3, "global_batch_size": 12, "num_samples": 72}
     for loader in two:
         loader.load_state_dict(state)
@@ -157,7 +163,8 @@ def test_corrupt_record_raises_unless_skipping_is_asked(synth, tmp_path):
     loader = RecordLoader(root, batch_size=72, num_workers=0, shuffle=False)
     with pytest.raises(ValueError, match=rf"train\.rec, key 1, offset {offset}: bad magic"):
         next(iter(loader))
-    skipping = RecordLoader(RecordDataset(root, skip_corrupt=True), batch_size=72, num_workers=0,
-                            shuffle=False)
+    skipping = RecordLoader(
+        RecordDataset(root, skip_corrupt=True), batch_size=72, num_workers=0, shuffle=False
+    )
     x, y = next(iter(skipping))
     assert len(x) == len(y) == 71

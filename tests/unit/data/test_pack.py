@@ -28,7 +28,9 @@ def test_folder_labels_and_order(images):
 
 
 def test_cli_pack_writes_the_layout(images, tmp_path, capsys):
-    assert main(["pack", str(images), str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(["pack", str(images), str(tmp_path / "out"), "--workers", "1", "--no-progress"]) == 0
+    )
     assert "packed 12 images of 4 identities, 48x48" in capsys.readouterr().out
     assert (tmp_path / "out" / "property").read_text() == "4,48,48"
     ds = RecordDataset(tmp_path / "out")
@@ -39,9 +41,15 @@ def test_cli_pack_writes_the_layout(images, tmp_path, capsys):
 
 def test_same_seed_same_bytes_any_worker_count(images, tmp_path):
     a, b, c = (tmp_path / n for n in "abc")
-    assert main(["pack", str(images), str(a), "--seed", "3", "--workers", "1", "--no-progress"]) == 0
-    assert main(["pack", str(images), str(b), "--seed", "3", "--workers", "2", "--no-progress"]) == 0
-    assert main(["pack", str(images), str(c), "--seed", "4", "--workers", "2", "--no-progress"]) == 0
+    assert (
+        main(["pack", str(images), str(a), "--seed", "3", "--workers", "1", "--no-progress"]) == 0
+    )
+    assert (
+        main(["pack", str(images), str(b), "--seed", "3", "--workers", "2", "--no-progress"]) == 0
+    )
+    assert (
+        main(["pack", str(images), str(c), "--seed", "4", "--workers", "2", "--no-progress"]) == 0
+    )
     assert _files(a) == _files(b)
     assert _files(a)["train.rec"] != _files(c)["train.rec"]  # another seed, another order
 
@@ -54,20 +62,49 @@ def test_no_shuffle_groups_by_identity(images, tmp_path):
 
 
 def test_png_is_lossless_and_resize(images, tmp_path):
-    main(["pack", str(images), str(tmp_path / "p"), "--format", "png", "--no-shuffle",
-          "--workers", "1", "--no-progress"])
+    main(
+        [
+            "pack",
+            str(images),
+            str(tmp_path / "p"),
+            "--format",
+            "png",
+            "--no-shuffle",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     first = np.asarray(Image.open(images / "id00" / "00.png").convert("RGB"))
     np.testing.assert_array_equal(RecordDataset(tmp_path / "p").load(0)[0], first)
-    main(["pack", str(images), str(tmp_path / "r"), "--resize", "20x16", "--workers", "1",
-          "--no-progress"])
+    main(
+        [
+            "pack",
+            str(images),
+            str(tmp_path / "r"),
+            "--resize",
+            "20x16",
+            "--workers",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert (tmp_path / "r" / "property").read_text() == "4,20,16"
     assert RecordDataset(tmp_path / "r").load(0)[0].shape == (20, 16, 3)
 
 
 def test_pass_through_keeps_file_bytes(images, tmp_path):
     paths, labels, n = list_image_folder(images)
-    pack_images(paths[:2], labels[:2], n, tmp_path, EncodeOptions(pass_through=True),
-                shuffle=False, workers=1, progress=False)
+    pack_images(
+        paths[:2],
+        labels[:2],
+        n,
+        tmp_path,
+        EncodeOptions(pass_through=True),
+        shuffle=False,
+        workers=1,
+        progress=False,
+    )
     rec = FaceRecord(tmp_path)
     assert rec.read_image_record(1)[1] == paths[0].read_bytes()
 
@@ -77,8 +114,22 @@ def test_lst_input(images, tmp_path):
     lst.write_text("0\t2\tid02/00.png\n1\t0\tid00/01.png\n2\t2.0\tid02/01.png\n")
     _, labels, num_classes = read_lst(lst, images)
     assert labels == [2, 0, 2] and num_classes == 3
-    assert main(["pack", str(lst), str(tmp_path / "out"), "--root", str(images), "--no-shuffle",
-                 "--workers", "1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pack",
+                str(lst),
+                str(tmp_path / "out"),
+                "--root",
+                str(images),
+                "--no-shuffle",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(FaceRecord(tmp_path / "out").labels(), [2, 0, 2])
 
 
@@ -96,7 +147,17 @@ def test_mixed_sizes_need_resize(images, tmp_path):
     Image.new("RGB", (10, 10)).save(odd / "a" / "0.png")
     Image.new("RGB", (12, 10)).save(odd / "a" / "1.png")
     with pytest.raises(ValueError, match=r"1\.png: image is 10x12 but earlier images are 10x10"):
-        main(["pack", str(odd), str(tmp_path / "o"), "--no-shuffle", "--workers", "1", "--no-progress"])
+        main(
+            [
+                "pack",
+                str(odd),
+                str(tmp_path / "o"),
+                "--no-shuffle",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
 
 
 def test_unreadable_image_is_named(tmp_path):
@@ -104,7 +165,9 @@ def test_unreadable_image_is_named(tmp_path):
     src.mkdir(parents=True)
     (src / "broken.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=r"broken\.jpg: cannot read image"):
-        main(["pack", str(tmp_path / "src"), str(tmp_path / "o"), "--workers", "2", "--no-progress"])
+        main(
+            ["pack", str(tmp_path / "src"), str(tmp_path / "o"), "--workers", "2", "--no-progress"]
+        )
 
 
 def test_empty_and_missing_folders(tmp_path):

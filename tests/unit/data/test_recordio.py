@@ -23,8 +23,18 @@ from partialfc.data.recordio import (
 
 M = struct.pack("<I", MAGIC)
 
-RECORDS = [b"", b"a", b"abcd", M, b"xx" + M + b"yy", b"abcd" + M + b"efgh" + M, M + M + b"12345",
-           b"z" * 4 + M + M + M + b"q", b"ab" + M + M, bytes(range(256)) * 3]
+RECORDS = [
+    b"",
+    b"a",
+    b"abcd",
+    M,
+    b"xx" + M + b"yy",
+    b"abcd" + M + b"efgh" + M,
+    M + M + b"12345",
+    b"z" * 4 + M + M + M + b"q",
+    b"ab" + M + M,
+    bytes(range(256)) * 3,
+]
 
 
 def write(tmp_path, records):
@@ -47,7 +57,11 @@ def test_frame_layout():
     assert frame(b"abcde") == M + struct.pack("<I", 5) + b"abcde" + b"\0\0\0"
     # an aligned magic word splits the record: cflag 1 then 3, the magic itself is dropped
     assert frame(b"abcd" + M + b"ef") == (
-        M + struct.pack("<I", (1 << 29) | 4) + b"abcd" + M + struct.pack("<I", (3 << 29) | 2)
+        M
+        + struct.pack("<I", (1 << 29) | 4)
+        + b"abcd"
+        + M
+        + struct.pack("<I", (3 << 29) | 2)
         + b"ef\0\0"
     )
     # an unaligned one does not
@@ -132,7 +146,9 @@ def test_bad_magic_names_file_key_offset(tmp_path):
     _corrupt(rec, 12, b"\xde\xad\xbe\xef")
     with IndexedRecordReader(idx, rec) as r:
         assert r.read_idx(0) == b"abcd"
-        with pytest.raises(RecordIOError, match=r"t\.rec, key 1, offset 12: bad magic 0xefbeadde") as e:
+        with pytest.raises(
+            RecordIOError, match=r"t\.rec, key 1, offset 12: bad magic 0xefbeadde"
+        ) as e:
             r.read_idx(1)
         assert (e.value.key, e.value.offset) == (1, 12)
 
@@ -140,7 +156,10 @@ def test_bad_magic_names_file_key_offset(tmp_path):
 def test_truncated_record(tmp_path):
     idx, rec = write(tmp_path, [b"abcd", b"efghijkl"])
     rec.write_bytes(rec.read_bytes()[:-3])
-    with IndexedRecordReader(idx, rec) as r, pytest.raises(RecordIOError, match=r"key 1.*truncated"):
+    with (
+        IndexedRecordReader(idx, rec) as r,
+        pytest.raises(RecordIOError, match=r"key 1.*truncated"),
+    ):
         r.read_idx(1)
 
 
@@ -154,7 +173,10 @@ def test_truncated_frame_header(tmp_path):
 def test_bad_continuation_flag(tmp_path):
     idx, rec = write(tmp_path, [b"abcd"])
     _corrupt(rec, 4, struct.pack("<I", (2 << 29) | 4))  # a "middle" part with nothing before it
-    with IndexedRecordReader(idx, rec) as r, pytest.raises(RecordIOError, match="continuation flag 2"):
+    with (
+        IndexedRecordReader(idx, rec) as r,
+        pytest.raises(RecordIOError, match="continuation flag 2"),
+    ):
         r.read_idx(0)
 
 

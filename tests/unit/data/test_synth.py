@@ -43,9 +43,15 @@ def test_val_bin_is_valid(synth):
 def test_held_out_identities_are_not_training_identities():
     def vec(stream, i):
         p = identity_params(np.random.default_rng([SMALL.seed, stream, i]))
-        return np.concatenate([[getattr(p, f.name)] if np.isscalar(getattr(p, f.name))
-                               else np.ravel(getattr(p, f.name)) for f in dataclasses.fields(p)
-                               if f.name != "moles"])
+        return np.concatenate(
+            [
+                [getattr(p, f.name)]
+                if np.isscalar(getattr(p, f.name))
+                else np.ravel(getattr(p, f.name))
+                for f in dataclasses.fields(p)
+                if f.name != "moles"
+            ]
+        )
 
     train = np.stack([vec(_TRAIN, i) for i in range(SMALL.identities)])
     for j in range(SMALL.val_identities):
@@ -69,18 +75,44 @@ def test_images_vary_within_identity(synth):
 
 
 def test_cli(tmp_path, capsys):
-    assert main(["synth", str(tmp_path), "--identities", "3", "--images-per-identity", "2",
-                 "--size", "64", "--val-identities", "2", "--val-pairs", "4", "--workers", "1",
-                 "--no-progress"]) == 0
-    assert "wrote 6 images of 3 identities (64x64) and 4 verification pairs" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path),
+                "--identities",
+                "3",
+                "--images-per-identity",
+                "2",
+                "--size",
+                "64",
+                "--val-identities",
+                "2",
+                "--val-pairs",
+                "4",
+                "--workers",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "wrote 6 images of 3 identities (64x64) and 4 verification pairs" in capsys.readouterr().out
+    )
     assert (tmp_path / "property").read_text() == "3,64,64"
     assert len(read_bin(tmp_path / "val.bin")[1]) == 4
 
 
-@pytest.mark.parametrize("kwargs, field", [({"identities": 0}, "identities"),
-                                           ({"val_pairs": 3}, "val_pairs"),
-                                           ({"val_identities": 1}, "val_identities"),
-                                           ({"quality": 101}, "quality")])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"identities": 0}, "identities"),
+        ({"val_pairs": 3}, "val_pairs"),
+        ({"val_identities": 1}, "val_identities"),
+        ({"quality": 101}, "quality"),
+    ],
+)
 def test_config_validation(kwargs, field):
     with pytest.raises(ValueError, match=f"SynthConfig.{field}"):
         SynthConfig(**kwargs)

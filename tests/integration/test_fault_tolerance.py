@@ -1,0 +1,164 @@
+"""Real faults under real torchrun: SIGKILL of a worker mid-run, and SIGTERM (an eviction).
+
+A run killed at a random step and restarted by torchrun (``--max-restarts``) must produce the
+same per-step losses as an uninterrupted run; SIGTERM must leave a checkpoint at the step reached
+and a clean exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from partialfc.data.synth import SynthConfig, synth_dataset
+from partialfc.train import checkpoint
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("faults")
+    synth_dataset(
+        root / "data", SynthConfig(identities=10, images_per_identity=4, val_pairs=0), workers=1
+    )
+    path = root / "run.toml"
+    path.write_text(
+        f"""
+[data]
+root = "{root / "data"}"
+global_batch_size = 12
+workers = 0
+[model]
+backbone = "tinyface"
+embedding_size = 16
+[head]
+margin = "arcface"
+s = 16.0
+m2 = 0.3
+sample_rate = 0.6
+[optim]
+lr = 0.05
+[train]
+max_steps = {STEPS}
+checkpoint_every = 2
+"""
+    )
+    return path
+
+
+def _torchrun(
+    config: Path, out: Path, *, world: int = 2, restarts: int = 0, extra: tuple = ()
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}",
+        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", f"--max-restarts={restarts}",
+        "-m", "partialfc.train", str(config), f"--train.output_dir={out}", *extra,
+    ]  # fmt: skip
+    log = open(out.parent / f"{out.name}.log", "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """Step -> loss, the last record of each step (a restarted run redoes a few)."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "metrics.jsonl").exists() and max(_losses(out), default=0) >= step:
+            return
+        assert proc.poll() is None, (
+            f"the run ended early: {(out.parent / f'{out.name}.log').read_text()[-2000:]}"
+        )
+        time.sleep(0.2)
+    raise TimeoutError(f"step {step} not reached in {timeout} s")
+
+
+def _workers(agent: int) -> list[int]:
+    """PIDs of the processes whose parent is ``agent`` (torchrun's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == agent:
+                found.append(int(entry.name))
+    return found
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_sigkill_mid_run_and_torchrun_restart_reproduce_every_loss(
+    config: Path, tmp_path: Path
+) -> None:
+    straight = tmp_path / "straight"
+    assert _finish(_torchrun(config, straight)) == 0
+    expected = _losses(straight)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+
+    kill_at = random.Random().randint(3, STEPS - 2)  # a random step, past the first checkpoint
+    faulty = tmp_path / "faulty"
+    proc = _torchrun(config, faulty, restarts=1)
+    _wait_for_step(faulty, kill_at, proc)
+    victims = _workers(proc.pid)
+    assert len(victims) == 2, f"expected two workers under torchrun, found {victims}"
+    os.kill(victims[-1], signal.SIGKILL)
+    assert _finish(proc) == 0, (tmp_path / "faulty.log").read_text()[-3000:]
+    log = (tmp_path / "faulty.log").read_text()
+    assert "resumed from" in log, "the restarted workers resumed from a checkpoint"
+    got = _losses(faulty)
+    assert sorted(got) == sorted(expected)
+    for step, loss in expected.items():
+        assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), (
+            f"step {step} (killed at {kill_at})"
+        )
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_sigterm_checkpoints_the_step_reached_and_exits_cleanly(
+    config: Path, tmp_path: Path, launcher: str
+) -> None:
+    out = tmp_path / "run"
+    extra = ("--train.max_steps=100000", "--train.checkpoint_every=100000")
+    if launcher == "python":
+        cmd = [
+            sys.executable,
+            "-m",
+            "partialfc.train",
+            str(config),
+            f"--train.output_dir={out}",
+            *extra,
+        ]
+        log = open(tmp_path / "run.log", "w")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    else:
+        proc = _torchrun(config, out, extra=extra)
+    _wait_for_step(out, 3, proc)
+    proc.send_signal(signal.SIGTERM)  # what Kubernetes sends to the container's first process
+    code = _finish(proc, timeout=120)
+    text = (tmp_path / "run.log").read_text()
+    assert "stopped by signal" in text, text[-3000:]
+    if launcher == "python":
+        assert code == 0, text[-3000:]
+    reached = max(_losses(out))
+    latest = checkpoint.latest_checkpoint(out)
+    assert latest is not None and latest.name == f"step-{reached:08d}", (latest, reached)
