@@ -71,6 +71,7 @@ class PrometheusSink:
             labels,
             registry=self.registry,
         )
+        self._nonfinite.labels(self._rank)  # the series exists (at 0) before the first bad step
         self._nonfinite_seen = 0.0
         self._checkpoint_time: float | None = None
         age = Gauge(

@@ -67,6 +67,11 @@ class DataConfig:
             "data.root",
             "is required unless data.loader = 'synthetic'",
         )
+        _check(
+            self.loader != "synthetic" or self.num_classes > 0,
+            "data.num_classes",
+            "must be > 0 for the synthetic loader",
+        )
 
 
 @dataclass(frozen=True)

@@ -18,41 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from partialfc.data.synth import SynthConfig, synth_dataset
 from partialfc.train import checkpoint
+from tests.integration.conftest import STEPS
 
-STEPS = 10
 
-
-@pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("faults")
-    synth_dataset(
-        root / "data", SynthConfig(identities=10, images_per_identity=4, val_pairs=0), workers=1
-    )
-    path = root / "run.toml"
-    path.write_text(
-        f"""
-[data]
-root = "{root / "data"}"
-global_batch_size = 12
-workers = 0
-[model]
-backbone = "tinyface"
-embedding_size = 16
-[head]
-margin = "arcface"
-s = 16.0
-m2 = 0.3
-sample_rate = 0.6
-[optim]
-lr = 0.05
-[train]
-max_steps = {STEPS}
-checkpoint_every = 2
-"""
-    )
-    return path
+@pytest.fixture
+def config(small_run_config: Path) -> Path:
+    return small_run_config
 
 
 def _torchrun(

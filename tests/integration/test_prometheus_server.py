@@ -75,3 +75,50 @@ def test_prometheus_scrapes_the_trainer_metrics(tmp_path) -> None:
         server.terminate()
         server.wait(timeout=30)
         sink.close()
+
+
+def test_prometheus_scrapes_a_running_trainer(small_run_config, tmp_path) -> None:
+    import signal
+    import sys
+
+    port, web = _free_port(), _free_port()
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "partialfc.train", str(small_run_config), f"--train.output_dir={tmp_path / 'run'}",
+         "--train.max_steps=100000", "--train.checkpoint_every=100000", f"--metrics.port={port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: trainer\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+    )
+    server = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{web}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline, steps = time.monotonic() + 120, []
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            assert trainer.poll() is None, "the trainer exited early"
+            try:
+                steps = _query(web, 'partialfc_step{job="trainer"}')
+            except OSError:
+                continue
+            if steps and float(steps[0]["value"][1]) >= 3:
+                break
+        assert steps and float(steps[0]["value"][1]) >= 3, "Prometheus saw no training progress"
+        assert float(_query(web, "partialfc_loss")[0]["value"][1]) > 0
+        assert float(_query(web, "partialfc_samples_per_second")[0]["value"][1]) > 0
+        assert float(_query(web, "partialfc_learning_rate")[0]["value"][1]) > 0
+        assert float(_query(web, "partialfc_memory_bytes")[0]["value"][1]) > 1e6
+        phases = {r["metric"]["phase"] for r in _query(web, "partialfc_step_seconds_count")}
+        assert phases >= {"data", "forward", "backward", "optimizer", "total"}
+        assert float(_query(web, "partialfc_nonfinite_steps_total")[0]["value"][1]) == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.wait(timeout=60)
+        server.terminate()
+        server.wait(timeout=30)
