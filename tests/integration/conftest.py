@@ -15,7 +15,9 @@ STEPS = 10
 def small_run_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small-run")
     synth_dataset(
-        root / "data", SynthConfig(identities=10, images_per_identity=4, val_pairs=0), workers=1
+        root / "data",
+        SynthConfig(identities=10, images_per_identity=4, val_identities=4, val_pairs=20),
+        workers=1,
     )
     path = root / "run.toml"
     path.write_text(
