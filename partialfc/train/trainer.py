@@ -14,6 +14,7 @@ import json
 import math
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -267,7 +268,7 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         self._install_signal_handlers()
         self.resume()
-        progress = _Progress(self.total_steps, self.step, enabled=rt.is_main)
+        progress = _Progress(self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every)
         batches = self._batches()
         global_batch = cfg.data.global_batch_size
         losses: list[float] = []
@@ -322,33 +323,33 @@ class Trainer:
 
 
 class _Progress:
-    """Rank-0 progress bar with ETA and samples/s (tqdm when installed, plain lines otherwise)."""
+    """Rank-0 progress with ETA and samples/s: a tqdm bar on a terminal, plain lines every
+    ``every`` steps otherwise (Kubernetes logs, CI), where a redrawn bar would be noise."""
 
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
+    def __init__(self, total: int, start: int, enabled: bool, every: int) -> None:
+        self.enabled, self.total, self.last, self.every = enabled, total, start, every
         self.bar = None
-        self.enabled = enabled
-        if enabled:
+        self.started, self.start_step = time.perf_counter(), start
+        if enabled and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(
-                    total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0
-                )
+                self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
             except ImportError:
                 self.bar = None
-        self.total, self.last = total, start
 
     def update(self, step: int, loss: float, samples_per_second: float) -> None:
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.update(step - self.last)
-            self.bar.set_postfix(
-                loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False
-            )
-        elif step % 10 == 0 or step == self.total:
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False)
+        elif step % self.every == 0 or step == self.total:
+            rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
+            eta = (self.total - step) / max(rate, 1e-9)
             print(
-                f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_second:.0f} samples/s",
+                f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_second:.0f} samples/s  "
+                f"eta {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}",
                 flush=True,
             )
         self.last = step
