@@ -24,6 +24,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_prometheus(tmp_path, job: str, target_port: int, web_port: int) -> subprocess.Popen:
+    """A Prometheus server on 127.0.0.1:web_port scraping 127.0.0.1:target_port every second."""
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: {job}\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n"
+    )
+    return subprocess.Popen(
+        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{web_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def _query(port: int, promql: str) -> list:
     url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
     with urllib.request.urlopen(url, timeout=5) as resp:
@@ -45,16 +59,7 @@ def test_prometheus_scrapes_the_trainer_metrics(tmp_path) -> None:
         step=7,
     )
     web = _free_port()
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n  - job_name: partialfc\n"
-        f"    static_configs:\n      - targets: ['127.0.0.1:{sink.port}']\n"
-    )
-    server = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{web}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = _start_prometheus(tmp_path, "partialfc", sink.port, web)
     try:
         deadline, result = time.monotonic() + 60, []
         while time.monotonic() < deadline and not result:
@@ -87,15 +92,7 @@ def test_prometheus_scrapes_a_running_trainer(small_run_config, tmp_path) -> Non
          "--train.max_steps=100000", "--train.checkpoint_every=100000", f"--metrics.port={port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    (tmp_path / "prometheus.yml").write_text(
-        "global:\n  scrape_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: trainer\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-    )
-    server = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{web}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    server = _start_prometheus(tmp_path, "trainer", port, web)
     try:
         deadline, steps = time.monotonic() + 120, []
         while time.monotonic() < deadline:
