@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,7 @@ def save(
     step: int,
     group: dist.ProcessGroup | None = None,
     keep: int | None = None,
+    files: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Write ``state`` atomically as ``output_dir/step-XXXXXXXX``; every rank must call it.
 
@@ -116,6 +117,8 @@ def save(
         step: the training step the state belongs to.
         group: the ranks writing it.
         keep: keep only the newest ``keep`` complete checkpoints (None keeps all).
+        files: extra files this rank writes into the checkpoint (name -> bytes), inside the same
+            atomic rename as the DCP files.
 
     Returns:
         The final checkpoint folder.
@@ -128,6 +131,8 @@ def save(
     _barrier(group)  # the folder exists before anyone writes
     with _quiet_sharded_tensor():
         dcp.save(state, checkpoint_id=tmp, process_group=group, no_dist=not is_distributed(group))
+    for name, data in (files or {}).items():
+        (tmp / name).write_bytes(data)
     _barrier(group)  # every rank's files are written
     if rank(group) == 0:
         (tmp / COMPLETE).write_text(f"{step}\n")

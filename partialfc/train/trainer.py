@@ -10,6 +10,7 @@ divided by ``grad_accum``, so every step applies the exact gradient of the globa
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import random
@@ -149,14 +150,20 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
-        path = checkpoint.save(
-            self._state(), self.output_dir, self.step, keep=self.cfg.train.keep_checkpoints
-        )
         # Per-rank RNG streams (dropout) go beside the DCP files; a run resumed on another world
-        # size reseeds from (seed, step, rank) instead.
-        torch.save(_rng_state(), path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt")
+        # size reseeds from (seed, step, rank) instead. config.json tells `export` the backbone.
+        rng = io.BytesIO()
+        torch.save(_rng_state(), rng)
+        files = {f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt": rng.getvalue()}
         if self.rt.is_main:
-            (path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+            files["config.json"] = json.dumps(self.cfg.to_dict(), indent=2).encode()
+        path = checkpoint.save(
+            self._state(),
+            self.output_dir,
+            self.step,
+            keep=self.cfg.train.keep_checkpoints,
+            files=files,
+        )
         self.last_checkpoint_time = time.time()
         self.sink.log_dict({"checkpoint_time": self.last_checkpoint_time}, self.step)
         return path
@@ -237,12 +244,9 @@ class Trainer:
         grad_norm = math.nan
         if finite:
             self.scaler.unscale_(self.opt_backbone)
-            if cfg.train.clip_grad_norm > 0:
-                grad_norm = float(
-                    torch.nn.utils.clip_grad_norm_(
-                        self.backbone.parameters(), cfg.train.clip_grad_norm
-                    )
-                )
+            # Measured every step (a metric); an infinite bound leaves the gradients as they are.
+            clip = cfg.train.clip_grad_norm if cfg.train.clip_grad_norm > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.backbone.parameters(), clip))
             self.scaler.step(self.opt_backbone)
             self.scaler.step(self.opt_head)
             self.scaler.update()
@@ -268,7 +272,9 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         self._install_signal_handlers()
         self.resume()
-        progress = _Progress(self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every)
+        progress = _Progress(
+            self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every
+        )
         batches = self._batches()
         global_batch = cfg.data.global_batch_size
         losses: list[float] = []
@@ -334,7 +340,9 @@ class _Progress:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+                self.bar = tqdm(
+                    total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0
+                )
             except ImportError:
                 self.bar = None
 
@@ -343,7 +351,9 @@ class _Progress:
             return
         if self.bar is not None:
             self.bar.update(step - self.last)
-            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{loss:.4f}", samples_s=f"{samples_per_second:.0f}", refresh=False
+            )
         elif step % self.every == 0 or step == self.total:
             rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
             eta = (self.total - step) / max(rate, 1e-9)

@@ -109,6 +109,7 @@ def test_prometheus_scrapes_a_running_trainer(small_run_config, tmp_path) -> Non
         assert float(_query(web, "partialfc_samples_per_second")[0]["value"][1]) > 0
         assert float(_query(web, "partialfc_learning_rate")[0]["value"][1]) > 0
         assert float(_query(web, "partialfc_memory_bytes")[0]["value"][1]) > 1e6
+        assert float(_query(web, "partialfc_grad_norm")[0]["value"][1]) > 0
         phases = {r["metric"]["phase"] for r in _query(web, "partialfc_step_seconds_count")}
         assert phases >= {"data", "forward", "backward", "optimizer", "total"}
         assert float(_query(web, "partialfc_nonfinite_steps_total")[0]["value"][1]) == 0
