@@ -47,9 +47,10 @@ class _Block(nn.Module):
 
 class TinyFace(nn.Module):
     def __init__(
-        self, embedding_size: int, dropout: float, checkpoint_activations: bool, norm: str
+        self, embedding_size: int, dropout: float, checkpoint_activations: bool, norm: str, name: str
     ) -> None:
         super().__init__()
+        self.name = name
         if norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got {norm!r}")
         if not 0.0 <= dropout < 1.0:
@@ -67,7 +68,7 @@ class TinyFace(nn.Module):
         self.checkpoint_activations = checkpoint_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, "tinyface")
+        check_input(x, self.name)
         x = run_blocks(self.blocks, x, self.checkpoint_activations)
         x = self.dropout(self.bn2(x)).flatten(1)
         return self.features(self.fc(x))
@@ -81,7 +82,7 @@ def tinyface(
     norm: str = "batch",
 ) -> nn.Module:
     """A ~0.5M-parameter residual CNN for CPU demos and tests (see the module docstring)."""
-    return TinyFace(embedding_size, dropout, checkpoint_activations, norm)
+    return TinyFace(embedding_size, dropout, checkpoint_activations, norm, "tinyface")
 
 
 @register
@@ -90,4 +91,4 @@ def tinyface_gn(
 ) -> nn.Module:
     """tinyface with GroupNorm: each image's embedding depends on that image alone, so small
     per-rank batches do not skew statistics and N ranks reproduce one process exactly."""
-    return TinyFace(embedding_size, dropout, checkpoint_activations, norm="group")
+    return TinyFace(embedding_size, dropout, checkpoint_activations, "group", "tinyface_gn")

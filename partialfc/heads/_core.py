@@ -69,8 +69,11 @@ def _blocks(
     """Yield ``(columns, rows)`` blocks of the rows taking part, each at most BLOCK_ELEMENTS.
 
     Sampled rows are gathered block by block, so no (N, D) copy of the shard ever exists; without
-    sampling the blocks are views.
+    sampling the whole shard is one block, a view, so each GEMM runs once over it.
     """
+    if index is None:
+        yield slice(0, num_rows), weight
+        return
     step = max(1, BLOCK_ELEMENTS // max(1, weight.shape[1]))
     for lo in range(0, num_rows, step):
         cols = slice(lo, min(lo + step, num_rows))
@@ -81,6 +84,14 @@ def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Te
     if dtype is None:
         return a @ b
     return a.to(dtype) @ b.to(dtype)  # no copy for an operand already in ``dtype``
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> None:
+    """``out = a @ b``, written in place when the layout allows (no temporary, no copy)."""
+    if (dtype is None or dtype == out.dtype) and out.is_contiguous() and a.dtype == b.dtype == out.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(_mm(a, b, dtype))
 
 
 class _MarginSoftmaxLoss(torch.autograd.Function):
@@ -105,23 +116,24 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         inv_norm = x.new_empty(num_rows, dtype=acc) if margin.normalize_weight else None
         xg = x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)
         for cols, w in _blocks(weight, index, num_rows):
-            block = logits[:, cols]
-            block.copy_(_mm(xg, w.t(), opts.gemm_dtype))
+            _mm_into(logits[:, cols], xg, w.t(), opts.gemm_dtype)
             if inv_norm is not None:
                 norms = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS)
                 inv_norm[cols] = norms.reciprocal()
-                block.mul_(inv_norm[cols])
         del xg
+        # Each column's factor: s / |w_j| (normalised centres) or s; one pass applies it.
+        col_scale = inv_norm * margin.scale if inv_norm is not None else None
         filtered = None
-        if opts.filter_threshold is not None:
-            filtered = logits > opts.filter_threshold
+        if opts.filter_threshold is not None:  # cos > t  <=>  raw > t * |w_j|
+            assert inv_norm is not None, "the filter needs normalised centres"
+            filtered = logits > (opts.filter_threshold / inv_norm)
             logits.masked_fill_(filtered, 0.0)
-        b_rows = None
-        if bias is not None:
-            b_rows = _rows(bias, index).to(acc)
-            logits.add_(b_rows)
-        if margin.scale != 1.0:
+        if col_scale is not None:
+            logits.mul_(col_scale)
+        elif margin.scale != 1.0:
             logits.mul_(margin.scale)
+        if bias is not None:
+            logits.add_(_rows(bias, index).to(acc), alpha=margin.scale)
 
         col2 = col.unsqueeze(1)  # (B, 1)
         x_leaf = w_leaf = target = None
@@ -198,11 +210,11 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         grad_bias = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
             rows = _row_indices(index, weight.shape[0], grad.device)
-            grad_bias = _sparse_rows_grad(rows, grad.sum(0), (weight.shape[0],))
-        if margin.scale != 1.0:
+            grad_bias = _sparse_rows_grad(rows, grad.sum(0) * margin.scale, (weight.shape[0],))
+        if inv_norm is not None:  # now d loss / d (x . w_j) with the norm held constant
+            grad.mul_(inv_norm * margin.scale)
+        elif margin.scale != 1.0:
             grad.mul_(margin.scale)
-        if inv_norm is not None:
-            grad.mul_(inv_norm)  # now d loss / d (x . w_j) with the norm held constant
 
         grad_x = grad_w = grad_weight = None
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -216,8 +228,8 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
             if want_x:
                 grad_x += _mm(g_block, w, opts.gemm_dtype).to(x.dtype)
             if want_w:
-                gw = grad_w[cols]
-                gw.copy_(_mm(g_block.t(), xg, opts.gemm_dtype))
+                gw = grad_w[cols]  # rows of a contiguous (N, D) tensor: written in place
+                _mm_into(gw, g_block.t(), xg, opts.gemm_dtype)
                 if inv_norm is not None:
                     # w_j / |w_j| depends on |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j.
                     dots = torch.bmm(gw.unsqueeze(1), w.unsqueeze(2)).view(-1)  # (n,)

@@ -140,6 +140,15 @@ def _sgd_rule(
 ) -> None:
     """torch.optim.SGD's update of one block of rows, in place on ``param`` and ``buf``."""
     lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
+    if momentum != 0 and seen is None and not group["nesterov"]:
+        # The common case, with no temporary: buf = m*buf + (1-d)*(grad + wd*param).
+        assert buf is not None
+        damp = 1.0 - group["dampening"]
+        buf.mul_(momentum).add_(grad, alpha=damp)
+        if wd != 0:
+            buf.add_(param, alpha=wd * damp)
+        param.add_(buf, alpha=-lr)
+        return
     g = grad if wd == 0 else grad.add(param, alpha=wd)
     if momentum != 0:
         assert buf is not None
