@@ -159,6 +159,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, help="embedding width D")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="fresh processes per implementation, interleaved (baseline, ours, baseline, ...); "
+        "medians over all timed steps of all rounds: robust to a machine whose load drifts",
+    )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "head.json")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
@@ -188,7 +193,11 @@ def main() -> None:
     rows = []
     for c in classes:
         for rate in rates:
-            results = {impl: _run_isolated(args, impl, c, rate, batch, dim) for impl in IMPLS}
+            runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+            for _ in range(args.rounds):
+                for impl in IMPLS:
+                    runs[impl].append(_run_isolated(args, impl, c, rate, batch, dim))
+            results = {impl: _merge(rs) for impl, rs in runs.items()}
             base = results[BASELINE]
             for impl in IMPLS:
                 r = results[impl]
@@ -207,12 +216,24 @@ def main() -> None:
         "torch": torch.__version__,
         "steps": args.steps,
         "warmup": args.warmup,
+        "rounds": args.rounds,
+        "load_average_1m_at_end": os.getloadavg()[0],
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+
+
+def _merge(rounds: list[dict]) -> dict:
+    """One row from several rounds: median over every timed step, the largest peak memory."""
+    merged = dict(rounds[0])
+    merged["times_ms"] = [t for r in rounds for t in r["times_ms"]]
+    merged["median_ms"] = statistics.median(merged["times_ms"])
+    merged["peak_mib"] = max(r["peak_mib"] for r in rounds)
+    merged["rounds"] = len(rounds)
+    return merged
 
 
 def _print_row(r: dict, header: bool) -> None:
