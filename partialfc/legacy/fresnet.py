@@ -3,7 +3,7 @@
 The configuration built here is the one insightface's published IResNet models use
 (``version_input=1, version_unit=3, version_act='prelu', version_output='E'``)::
 
-    data -> (x - 127.5) * 0.0078125                      (optional: ``scale_input``)
+    data -> (x - 127.5) * 0.0078125                      (optional: ``input_scale``)
     conv0 3x3/1 (3->64) -> bn0 -> relu0 (PReLU)
     stage{s}_unit{u}, s = 1..4, widths 64/128/256/512, unit 1 with stride 2:
         _bn1 -> _conv1 3x3 -> _bn2 -> _relu1 (PReLU) -> _conv2 3x3/stride -> _bn3
@@ -23,6 +23,9 @@ from partialfc.legacy._mx import import_mxnet
 
 WIDTHS = (64, 128, 256, 512)
 INSIGHTFACE_BN_EPS = 2e-5
+INSIGHTFACE_INPUT_SCALE = 0.0078125
+PARTIALFC_BN_EPS = 1e-5
+PARTIALFC_INPUT_SCALE = 1.0 / 127.5
 
 
 def fresnet_embedding(
@@ -31,7 +34,7 @@ def fresnet_embedding(
     bn_eps: float = INSIGHTFACE_BN_EPS,
     bn_mom: float = 0.9,
     dropout: float = 0.4,
-    scale_input: bool = True,
+    input_scale: float | None = INSIGHTFACE_INPUT_SCALE,
 ) -> Any:
     """The ``fc1`` embedding symbol (N, emb_size) of an insightface fresnet on (N, 3, 112, 112).
 
@@ -41,8 +44,9 @@ def fresnet_embedding(
         bn_eps: BatchNorm epsilon of every BatchNorm.
         bn_mom: BatchNorm momentum (MXNet's convention: weight of the old running value).
         dropout: dropout probability before ``pre_fc1`` (insightface: 0.4).
-        scale_input: start with insightface's ``(data - 127.5) * 0.0078125``; off, the symbol
-            expects already normalised images as partialfc's backbones do.
+        input_scale: start with ``(data - 127.5) * input_scale`` on 0-255 pixels: insightface's
+            0.0078125 (1/128), or 1/127.5 to compute exactly what partialfc's backbones compute
+            on their [-1, 1] input; None: the symbol takes already normalised images.
 
     Raises:
         ValueError: ``units`` is not four positive counts.
@@ -65,8 +69,8 @@ def fresnet_embedding(
         return mx.sym.LeakyReLU(data=x, act_type="prelu", name=name)
 
     x = mx.sym.Variable("data")
-    if scale_input:
-        x = (x - 127.5) * 0.0078125
+    if input_scale is not None:
+        x = (x - 127.5) * input_scale
     x = prelu(bn(conv(x, WIDTHS[0], 3, 1, "conv0"), "bn0"), "relu0")
     in_channels = WIDTHS[0]
     for s, (width, count) in enumerate(zip(WIDTHS, units, strict=True), start=1):
