@@ -91,6 +91,25 @@ def test_round_trip_is_bit_identical(mxnet_checkpoint, converted: Path, tmp_path
     assert set(sym.list_arguments()) - {"data", "softmax_label"} == set(arg2)
 
 
+def test_written_symbol_computes_the_torch_model(converted: Path, tmp_path: Path) -> None:
+    """torch2mxnet's symbol uses partialfc's eps and input scaling: the same function on pixels."""
+    from partialfc.export import load_backbone
+
+    prefix = str(tmp_path / "exported")
+    assert main(["convert", "torch2mxnet", str(converted), prefix]) == 0
+    sym, arg, aux = mx.model.load_checkpoint(prefix, 0)
+    fc1 = sym.get_internals()["fc1_output"]
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 3, 112, 112)).astype(np.float32)
+    params = {k: v for k, v in arg.items() if k in fc1.list_arguments()}
+    exe = fc1.bind(mx.cpu(), {"data": mx.nd.array(pixels), **params}, aux_states=aux)
+    got = exe.forward(is_train=False)[0].asnumpy()
+    model, _ = load_backbone(converted)
+    with torch.no_grad():
+        want = model((torch.from_numpy(pixels) - 127.5) * (1 / 127.5)).numpy()
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * scale)
+
+
 def test_centres_and_config(mxnet_checkpoint, converted: Path) -> None:
     _, arg, _ = mxnet_checkpoint
     centres = checkpoint.read_class_centers(converted)
