@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "verification accuracy of a checkpoint on insightface .bin sets",
     ),
     "export": ("partialfc.export", "export a checkpoint's backbone to ONNX or a state_dict"),
+    "convert": (
+        "partialfc.legacy.convert",
+        "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet)",
+    ),
 }
 
 
