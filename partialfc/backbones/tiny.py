@@ -47,7 +47,12 @@ class _Block(nn.Module):
 
 class TinyFace(nn.Module):
     def __init__(
-        self, embedding_size: int, dropout: float, checkpoint_activations: bool, norm: str, name: str
+        self,
+        embedding_size: int,
+        dropout: float,
+        checkpoint_activations: bool,
+        norm: str,
+        name: str,
     ) -> None:
         super().__init__()
         self.name = name

@@ -86,9 +86,15 @@ def _mm(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> torch.Te
     return a.to(dtype) @ b.to(dtype)  # no copy for an operand already in ``dtype``
 
 
-def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None) -> None:
+def _mm_into(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype | None
+) -> None:
     """``out = a @ b``, written in place when the layout allows (no temporary, no copy)."""
-    if (dtype is None or dtype == out.dtype) and out.is_contiguous() and a.dtype == b.dtype == out.dtype:
+    if (
+        (dtype is None or dtype == out.dtype)
+        and out.is_contiguous()
+        and a.dtype == b.dtype == out.dtype
+    ):
         torch.mm(a, b, out=out)
     else:
         out.copy_(_mm(a, b, dtype))

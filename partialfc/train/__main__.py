@@ -1,4 +1,10 @@
-"""``python -m partialfc.train CONFIG.toml [--section.key value ...]``, with or without torchrun."""
+"""``python -m partialfc.train CONFIG.toml [--section.key value ...]``, with or without torchrun.
+
+Exit status: 0 when training finished; 143 (128 + SIGTERM, "terminated") when SIGTERM or SIGINT
+stopped it early, after the checkpoint of the step reached was written, so that a Kubernetes Job
+or torchrun sees an unfinished run (and restarts it, resuming from that checkpoint) instead of a
+completed one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ import sys
 from partialfc.train.config import Config
 from partialfc.train.runtime import init_runtime, shutdown
 from partialfc.train.trainer import Trainer
+
+STOPPED_EARLY = 143
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if rt.is_main:
         state = "stopped by signal" if result["stopped"] else "finished"
         print(f"{state} at step {result['step']}; output in {cfg.train.output_dir}", flush=True)
-    return 0
+    return STOPPED_EARLY if result["stopped"] else 0
 
 
 if __name__ == "__main__":

@@ -163,6 +163,17 @@ def load(
         dcp.load(state, checkpoint_id=path, process_group=group, no_dist=not is_distributed(group))
 
 
+def stored_entries(path: str | os.PathLike, keys: Iterator[str] | list[str]) -> set[str]:
+    """Which of the state-dict entries ``keys`` the checkpoint at ``path`` holds.
+
+    DCP flattens nested dicts into dotted names, so entry ``k`` is present when a stored name is
+    ``k`` or starts with ``k.``. A checkpoint converted from another framework may hold only some
+    entries (say the class centres and the backbone, without optimizer or data position).
+    """
+    stored = list(dcp.FileSystemReader(Path(path)).read_metadata().state_dict_metadata)
+    return {k for k in keys if any(name == k or name.startswith(k + ".") for name in stored)}
+
+
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint folder, or the newest complete checkpoint of an ``output_dir``."""
     path = Path(path)

@@ -169,26 +169,40 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Continue from the newest complete checkpoint in ``output_dir``, if any."""
+        """Continue from the newest complete checkpoint in ``output_dir``, if any.
+
+        Entries the checkpoint lacks start fresh (a checkpoint converted from MXNet holds the
+        class centres and the backbone only: training then starts at step 0 from those weights).
+        """
         path = checkpoint.latest_checkpoint(self.output_dir)
         if path is None:
             return False
-        state = self._state()
+        full = self._state()
+        present = checkpoint.stored_entries(path, list(full))
+        state = {k: v for k, v in full.items() if k in present}
         checkpoint.load(state, path)
-        set_model_state_dict(self.backbone, state["model"])
-        set_optimizer_state_dict(self.backbone, self.opt_backbone, state["optim.backbone"])
-        restore_head_state(self.head, state)
-        self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["trainer"]["step"])
-        self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
-        self.loader.load_state_dict(state["data"])
+        if "model" in state:
+            set_model_state_dict(self.backbone, state["model"])
+        if "optim.backbone" in state:
+            set_optimizer_state_dict(self.backbone, self.opt_backbone, state["optim.backbone"])
+        if {"head.step", "head.margin"} <= present:
+            restore_head_state(self.head, state)
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if "trainer" in state:
+            self.step = int(state["trainer"]["step"])
+            self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
+        if "data" in state:
+            self.loader.load_state_dict(state["data"])
         rng = path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt"
         if rng.exists():
             _set_rng_state(torch.load(rng, weights_only=False))
         else:
             torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rt.rank)
         if self.rt.is_main:
-            print(f"resumed from {path} at step {self.step}", flush=True)
+            missing = sorted(set(full) - present)
+            note = f" (not in it, started fresh: {', '.join(missing)})" if missing else ""
+            print(f"resumed from {path} at step {self.step}{note}", flush=True)
         return True
 
     # ------------------------------------------------------------------ the loop

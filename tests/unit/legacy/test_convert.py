@@ -168,3 +168,33 @@ def test_unknown_backbone_converts_centres_only(tmp_path: Path, caplog) -> None:
 def test_missing_params_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nothing-0002\.params"):
         mxnet_to_torch(str(tmp_path / "nothing"), 2, tmp_path / "out")
+
+
+def test_trainer_starts_from_a_converted_checkpoint(
+    mxnet_checkpoint, converted: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from partialfc.export import load_backbone
+    from partialfc.train.config import Config
+    from partialfc.train.runtime import Runtime
+    from partialfc.train.trainer import Trainer
+
+    _, arg, _ = mxnet_checkpoint
+    out = tmp_path / "run"
+    shutil.copytree(converted, out)
+    cfg = Config.from_dict({
+        "data": {"loader": "synthetic", "num_classes": C, "global_batch_size": 2},
+        "model": {"backbone": "iresnet18", "embedding_size": D},
+        "train": {"max_steps": 1, "output_dir": str(out)},
+        "metrics": {"jsonl": False},
+    })  # fmt: skip
+    trainer = Trainer(cfg, Runtime(0, 1, 0, torch.device("cpu")))
+    assert trainer.resume(), "the converted checkpoint is picked up from output_dir"
+    assert trainer.step == 0, "no trainer state in it: training starts at step 0"
+    assert torch.equal(trainer.head.weight.detach(), torch.from_numpy(arg["fc7_weight"].asnumpy()))
+    reference, _ = load_backbone(converted)
+    for (name, a), (_, b) in zip(
+        trainer.backbone.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
