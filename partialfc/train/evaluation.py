@@ -21,12 +21,14 @@ def load_pair_set(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
     key = str(path)
     if key not in _CACHE:
         from partialfc.data import read_bin
+        from partialfc.data.dataset import normalize
         from partialfc.data.images import decode_image
 
         encoded, issame = read_bin(path)
         images = np.stack([decode_image(b) for b in encoded])  # (N, H, W, 3) uint8 RGB
-        tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
-        _CACHE[key] = (tensor.contiguous(), np.asarray(issame, dtype=bool))
+        # The loaders' own normalisation, so evaluation sees exactly what training saw.
+        tensor = normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+        _CACHE[key] = (tensor, np.asarray(issame, dtype=bool))
     return _CACHE[key]
 
 
