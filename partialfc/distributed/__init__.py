@@ -11,7 +11,11 @@ from partialfc.distributed.collectives import (
     all_reduce_sum_identity_grad,
     combine_softmax_stats,
 )
-from partialfc.distributed.ddp import sum_gradients_hook, use_global_loss_gradients
+from partialfc.distributed.ddp import (
+    broadcast_buffers,
+    sum_gradients_hook,
+    use_global_loss_gradients,
+)
 
 __all__ = [
     "all_gather_no_grad",
@@ -19,6 +23,7 @@ __all__ = [
     "all_reduce_max",
     "all_reduce_sum_identity_grad",
     "backend",
+    "broadcast_buffers",
     "combine_softmax_stats",
     "is_distributed",
     "rank",

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel
 
 from partialfc import backbones
-from partialfc.distributed import all_reduce_max, use_global_loss_gradients
+from partialfc.distributed import all_reduce_max, broadcast_buffers, use_global_loss_gradients
 from partialfc.heads import PartialFC
 from partialfc.metrics import JsonlSink, MetricSink, MultiSink, PrometheusSink
 from partialfc.optim import SparseSGD
@@ -152,6 +152,8 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         # Per-rank RNG streams (dropout) go beside the DCP files; a run resumed on another world
         # size reseeds from (seed, step, rank) instead. config.json tells `export` the backbone.
+        if self.rt.distributed:
+            broadcast_buffers(self.backbone)  # the running statistics the next forward would use
         rng = io.BytesIO()
         torch.save(_rng_state(), rng)
         files = {f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt": rng.getvalue()}
@@ -185,7 +187,7 @@ class Trainer:
             set_model_state_dict(self.backbone, state["model"])
         if "optim.backbone" in state:
             set_optimizer_state_dict(self.backbone, self.opt_backbone, state["optim.backbone"])
-        if {"head.step", "head.margin"} <= present:
+        if "head.step" in present:
             restore_head_state(self.head, state)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -200,7 +202,8 @@ class Trainer:
         else:
             torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rt.rank)
         if self.rt.is_main:
-            missing = sorted(set(full) - present)
+            # Empty entries (a margin without annealing, a disabled scaler) store nothing.
+            missing = sorted(k for k in set(full) - present if full[k] != {})
             note = f" (not in it, started fresh: {', '.join(missing)})" if missing else ""
             print(f"resumed from {path} at step {self.step}{note}", flush=True)
         return True

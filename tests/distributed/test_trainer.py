@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,53 @@ def test_resume_on_three_ranks_then_one(dataset: Path, tmp_path: Path) -> None:
     res = _result(out, 1)
     assert res["step"] == 6 and len(res["losses"]) == 2
     assert not torch.equal(checkpoint.read_class_centers(out), before)
+
+
+def _stored(path: Path, tmp: Path) -> dict[str, object]:
+    """Every entry of a DCP checkpoint, flattened to dotted names."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    dcp_to_torch_save(path, tmp)
+    flat: dict[str, object] = {}
+
+    def walk(value: object, name: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{name}.{i}")
+        else:
+            flat[name] = value
+
+    walk(torch.load(tmp, weights_only=False), "")
+    return flat
+
+
+def test_resume_from_any_checkpoint_continues_bit_for_bit(dataset: Path, tmp_path: Path) -> None:
+    """A BatchNorm backbone, negative sampling and a margin with no state of its own: the resumed
+    run's losses and its whole final checkpoint (running statistics, momentum, counters, data
+    position) equal the uninterrupted run's, from mid-epoch and from an epoch's end alike."""
+    steps, per_epoch = 6, 4  # 48 images / 12: checkpoints at 2 (mid-epoch) and 4 (epoch's end)
+    extra = {"keep_checkpoints": 10}
+    straight = tmp_path / "straight"
+    cfg = _config(dataset, straight, steps=steps, backbone="tinyface", **extra)
+    cfg["head"]["sample_rate"] = 0.5
+    run_ranks(_fit, 2, cfg)
+    expected = _result(straight, 2)["losses"]
+    final = _stored(straight / f"step-{steps:08d}", tmp_path / "straight.pt")
+    assert final["head.step"] == steps and final["data.epoch"] == steps // per_epoch
+    for start in (2, 4):
+        out = tmp_path / f"from{start}"
+        out.mkdir()
+        name = f"step-{start:08d}"
+        shutil.copytree(straight / name, out / name)
+        run_ranks(_fit, 2, {**cfg, "train": {**cfg["train"], "output_dir": str(out)}})
+        assert _result(out, 2)["losses"] == expected[start:], f"resumed at {start}"
+        got = _stored(out / f"step-{steps:08d}", tmp_path / f"from{start}.pt")
+        assert set(got) == set(final)
+        for key, value in final.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(got[key], value), f"{key} after resuming at {start}"
+            else:
+                assert got[key] == value, f"{key} after resuming at {start}"
