@@ -1,7 +1,13 @@
-"""Shared pytest wiring: GPU tests skip cleanly on machines without CUDA."""
+"""Shared pytest wiring: GPU tests skip cleanly on machines without CUDA; without CUDA the fused
+Triton kernels run in Triton's CPU interpreter (set before anything imports triton)."""
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

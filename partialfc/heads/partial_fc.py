@@ -19,6 +19,12 @@ from partialfc.distributed import (
     world_size,
 )
 from partialfc.heads._core import CoreOptions, SparseGradMarks, margin_softmax_loss
+from partialfc.heads._fused import (
+    FUSED_DTYPES,
+    check_fused_device,
+    fused_margin_softmax_loss,
+    triton_available,
+)
 from partialfc.margins import Margin
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,10 @@ class PartialFC(nn.Module):
         init_std: standard deviation of the normal initialisation of the centres.
         device: device of the shard.
         dtype: dtype of the shard (float32 default; float64 for exact references).
+        fused: compute the loss with the Triton kernels of :mod:`partialfc.heads._fused`, which
+            never store the (B, N) logits: ``True`` (CUDA, or CPU under ``TRITON_INTERPRET=1``),
+            ``False`` (the reference path), or ``"auto"``: fused for a float32 shard on CUDA
+            when Triton is installed. The semantics are the same either way.
     """
 
     def __init__(
@@ -72,8 +82,11 @@ class PartialFC(nn.Module):
         init_std: float = 0.01,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        fused: bool | str = False,
     ) -> None:
         super().__init__()
+        if fused not in (True, False, "auto"):
+            raise ValueError(f"fused must be True, False or 'auto', got {fused!r}")
         if not isinstance(margin, Margin):
             raise TypeError(
                 f"margin must be a partialfc.margins.Margin, got {type(margin).__name__}"
@@ -102,6 +115,7 @@ class PartialFC(nn.Module):
         self.seed = int(seed)
         self.interclass_filtering_threshold = float(interclass_filtering_threshold)
         self.validate = bool(validate)
+        self.fused = fused
         self.world_size = world_size(process_group)
         self.rank = rank(process_group)
         self.class_start, self.num_local = shard_range(num_classes, self.world_size, self.rank)
@@ -198,13 +212,27 @@ class PartialFC(nn.Module):
             group=group,
             marks=self._marks,
         )
+        num_rows = self.num_local if index is None else index.numel()
+        core = fused_margin_softmax_loss if self._use_fused(x) and num_rows else margin_softmax_loss
         with torch.autocast(device_type, enabled=False):
-            loss = margin_softmax_loss(x, self.weight, self.bias, index, col, local, has, opts)
+            loss = core(x, self.weight, self.bias, index, col, local, has, opts)
         self.last_index = (
             index if index is not None else torch.arange(self.num_local, device=x.device)
         )
         self.step += 1
         return loss
+
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        if self.fused == "auto":
+            return x.is_cuda and triton_available() and self.weight.dtype == torch.float32
+        if self.fused:
+            check_fused_device(x.device)
+            if self.weight.dtype not in FUSED_DTYPES:
+                raise ValueError(
+                    f"fused=True computes in float32 (bf16/fp16 GEMMs); the shard is "
+                    f"{self.weight.dtype}: use fused=False for float64"
+                )
+        return bool(self.fused)
 
     @torch.no_grad()
     def _sample(self, local: torch.Tensor, has: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,523 @@
+"""The margin-softmax loss without a B x N logits matrix: Triton kernels for the head.
+
+Same contract and semantics as :mod:`partialfc.heads._core` (the reference path). What changes
+is where the logits live: nowhere. Legend as there: B = global batch, D = embedding width, N =
+rows taking part this step (the shard, or its sampled rows in ``index``).
+
+* Forward, one kernel: each program takes a block of rows and a contiguous split of the class
+  tiles, computes each ``(BLOCK_M, BLOCK_N)`` logit tile with a float32-accumulated GEMM (the
+  centres' norms come out of the same K loop), and folds it into a running row max and sum of
+  exponentials. Out come per-split ``(max, sum-exp)`` pairs and the centres' inverse norms (N,).
+  The target column is left out: every target logit comes from the margin, applied per row in
+  PyTorch under a small autograd graph, exactly as the reference does, and is folded in after.
+* The ranks combine ``(max, sum-exp, target)`` with one collective, as the reference does.
+* Backward, two kernels that recompute the logit tiles from the saved row log-sum-exp:
+  ``dX`` (split-K over the class tiles, partial sums added in PyTorch) and ``dW`` (one program
+  per class tile and output column chunk, looping over the whole batch), written straight into
+  the values of the sparse gradient. The normalisation term of ``dW_j`` needs ``dW_j . w_j``,
+  which equals ``sum_i G_ij * (x_i . w_j)``: the kernel has both factors in registers.
+
+The GEMM runs in the embeddings' dtype (bf16/fp16 under autocast, float32 otherwise, with TF32
+only when ``torch.backends.cuda.matmul.allow_tf32`` allows it); the centres stay float32 in
+memory and are cast tile by tile; scale, margin, exp and every statistic are float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from partialfc.distributed import combine_softmax_stats
+from partialfc.heads._core import NORM_EPS, CoreOptions, _row_indices, _sparse_rows_grad
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is missing
+    triton = None
+    tl = None
+
+FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported."""
+    return triton is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+def check_fused_device(device: torch.device) -> None:
+    """Raise a clear error where the kernels cannot run."""
+    if triton is None:
+        raise RuntimeError(
+            "PartialFC(fused=True) needs Triton: pip install 'partialfc[triton]' (on a CUDA "
+            "machine torch usually brings it)"
+        )
+    if device.type != "cuda" and not interpreting():
+        raise RuntimeError(
+            f"PartialFC(fused=True) runs on CUDA tensors (or on CPU under Triton's interpreter, "
+            f"TRITON_INTERPRET=1); got tensors on {device}. Use fused='auto' to fall back to the "
+            "reference path"
+        )
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes of the kernels (powers of two, at least 16 for the tensor-core GEMMs)."""
+
+    m: int = 64  # batch rows per tile
+    n: int = 64  # class rows per tile
+    k: int = 64  # reduction chunk over D in the logit GEMM
+    d_out: int = 128  # output columns per program in dX and dW
+    warps: int = 4
+    stages: int = 3
+
+
+GPU_BLOCKS = Blocks()
+INTERPRETER_BLOCKS = Blocks(m=16, n=16, k=16, d_out=16, warps=1, stages=1)
+
+
+def _blocks_for(device: torch.device) -> Blocks:
+    return GPU_BLOCKS if device.type == "cuda" else INTERPRETER_BLOCKS
+
+
+def _num_splits(row_blocks: int, tiles: int, device: torch.device, per_sm: int = 4) -> int:
+    """Class-tile splits so that ``row_blocks * splits`` programs fill the GPU a few times."""
+    if device.type != "cuda":
+        return min(tiles, 2)  # the interpreter: still exercise more than one split
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(tiles, math.ceil(per_sm * sms / max(1, row_blocks))))
+
+
+if triton is not None:
+    _EPS: tl.constexpr = tl.constexpr(NORM_EPS)
+
+    @triton.jit
+    def _round_bf16(v):
+        """float32 -> nearest bf16 (ties to even), kept in float32."""
+        u = v.to(tl.uint32, bitcast=True)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _mma(a, b, acc, DTYPE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """``acc + a @ b`` with both operands in DTYPE, accumulated in float32.
+
+        UPCAST (bf16 under Triton's interpreter, which multiplies bf16 wrongly and truncates when
+        it converts to bf16): the operands are rounded to bf16 as a GPU does, then multiplied in
+        float32, which holds every product of two bf16 values exactly.
+        """
+        if UPCAST:
+            a32 = _round_bf16(a.to(tl.float32))
+            b32 = _round_bf16(b.to(tl.float32))
+            return tl.dot(a32, b32, acc, input_precision="ieee")
+        return tl.dot(a.to(DTYPE), b.to(DTYPE), acc, input_precision=PRECISION)
+
+    @triton.jit
+    def _centre_rows(idx_ptr, cols, col_ok, USE_INDEX: tl.constexpr):
+        """Row of the shard behind each column (int64: shards past 2**31 elements)."""
+        if USE_INDEX:
+            return tl.load(idx_ptr + cols, mask=col_ok, other=0).to(tl.int64)
+        return cols.to(tl.int64)
+
+    @triton.jit
+    def _logit_tile(
+        x_ptr, w_ptr, idx_ptr, rows, row_ok, cols, col_ok, D, stride_x, stride_w,
+        USE_INDEX: tl.constexpr, WANT_NORM: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        """``x[rows] . w[cols]`` as a float32 (BLOCK_M, BLOCK_N) tile, the centre rows' squared
+        norms (BLOCK_N,) when asked, and the centre row of each column."""
+        wrow = _centre_rows(idx_ptr, cols, col_ok, USE_INDEX)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            k_ok = kk < D
+            xk = tl.load(
+                x_ptr + rows[:, None] * stride_x + kk[None, :],
+                mask=row_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            wk = tl.load(
+                w_ptr + wrow[:, None] * stride_w + kk[None, :],
+                mask=col_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
+            if WANT_NORM:
+                wf = wk.to(tl.float32)
+                sq += tl.sum(wf * wf, axis=1)
+            acc = _mma(xk, tl.trans(wk), acc, xk.dtype, PRECISION, UPCAST)
+        return acc, sq, wrow
+
+    @triton.jit
+    def _scaled_logits(
+        raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W: tl.constexpr,
+        HAS_BIAS: tl.constexpr, FILTER: tl.constexpr,
+    ):  # fmt: skip
+        """Non-target logits of a raw tile, each column's d logit / d raw, and the filter mask."""
+        if NORMALIZE_W:  # noqa: SIM108 - Triton code: a constexpr branch
+            col_scale = inv * scale
+        else:
+            col_scale = inv * 0.0 + scale
+        z = raw * col_scale[None, :]
+        if FILTER:
+            filtered = raw * inv[None, :] > threshold
+            z = tl.where(filtered, 0.0, z)
+        else:
+            filtered = raw != raw  # all False (raw is finite)
+        if HAS_BIAS:
+            b = tl.load(bias_ptr + wrow, mask=col_ok, other=0.0).to(tl.float32)
+            z = z + b[None, :] * scale
+        return z, col_scale, filtered
+
+    @triton.jit
+    def _stats_kernel(
+        x_ptr, w_ptr, idx_ptr, bias_ptr, tcol_ptr, inv_ptr, max_ptr, sum_ptr,
+        B, N, D, stride_x, stride_w, tiles_per_split, scale, threshold,
+        USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        pid_m = tl.program_id(0)
+        split = tl.program_id(1)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < B
+        tcol = tl.load(tcol_ptr + rows, mask=row_ok, other=-1)  # -1: target not in this shard
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        s_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        first = split * tiles_per_split
+        last = tl.minimum(first + tiles_per_split, tl.cdiv(N, BLOCK_N))
+        for tile in range(first, last):
+            cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            raw, sq, wrow = _logit_tile(
+                x_ptr, w_ptr, idx_ptr, rows, row_ok, cols, col_ok, D, stride_x, stride_w,
+                USE_INDEX, NORMALIZE_W, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+            )  # fmt: skip
+            inv = 1.0 / tl.maximum(tl.sqrt(sq), _EPS)
+            if NORMALIZE_W and pid_m == 0:
+                tl.store(inv_ptr + cols, inv, mask=col_ok)
+            z, _, _ = _scaled_logits(
+                raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W, HAS_BIAS, FILTER
+            )
+            skip = (cols[None, :] == tcol[:, None]) | (~col_ok[None, :])
+            z = tl.where(skip, float("-inf"), z)
+            m_new = tl.maximum(m_i, tl.max(z, axis=1))
+            base = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing yet
+            s_i = s_i * tl.exp(m_i - base) + tl.sum(tl.exp(z - base[:, None]), axis=1)
+            m_i = m_new
+        tl.store(max_ptr + split * B + rows, m_i, mask=row_ok)
+        tl.store(sum_ptr + split * B + rows, s_i, mask=row_ok)
+
+    @triton.jit
+    def _grad_tile(
+        x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols, col_ok,
+        D, stride_x, stride_w, scale, threshold, g_ptr,
+        USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        """Recompute a tile; return d loss / d logit (G), d loss / d raw (G * col_scale), the raw
+        tile and the centre rows. Target, filtered and out-of-range entries get zero."""
+        raw, _, wrow = _logit_tile(
+            x_ptr, w_ptr, idx_ptr, rows, row_ok, cols, col_ok, D, stride_x, stride_w,
+            USE_INDEX, False, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+        )  # fmt: skip
+        if NORMALIZE_W:
+            inv = tl.load(inv_ptr + cols, mask=col_ok, other=0.0)
+        else:
+            inv = tl.full((BLOCK_N,), 1.0, tl.float32)
+        z, col_scale, filtered = _scaled_logits(
+            raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W, HAS_BIAS, FILTER
+        )
+        tcol = tl.load(tcol_ptr + rows, mask=row_ok, other=-1)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
+        g = tl.load(g_ptr)  # d loss / d (per-row loss): grad_loss / B, kept on the device
+        dead = (cols[None, :] == tcol[:, None]) | filtered
+        dead = dead | (~col_ok[None, :]) | (~row_ok[:, None])
+        grad = tl.where(dead, 0.0, g * tl.exp(z - lse[:, None]))
+        return grad, grad * col_scale[None, :], raw, wrow
+
+    @triton.jit
+    def _grad_x_kernel(
+        x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, out_ptr,
+        B, N, D, stride_x, stride_w, tiles_per_split, scale, threshold, g_ptr,
+        USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        """Partial dX of one split of the class tiles: out[split, rows, d-chunk]."""
+        pid_m = tl.program_id(0)
+        split = tl.program_id(1)
+        pid_d = tl.program_id(2)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < B
+        dd = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+        d_ok = dd < D
+        acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
+        first = split * tiles_per_split
+        last = tl.minimum(first + tiles_per_split, tl.cdiv(N, BLOCK_N))
+        for tile in range(first, last):
+            cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            col_ok = cols < N
+            _, graw, _, wrow = _grad_tile(
+                x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols,
+                col_ok, D, stride_x, stride_w, scale, threshold, g_ptr, USE_INDEX, NORMALIZE_W,
+                HAS_BIAS, FILTER, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+            )  # fmt: skip
+            w_out = tl.load(
+                w_ptr + wrow[:, None] * stride_w + dd[None, :],
+                mask=col_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
+            dtype = x_ptr.dtype.element_ty
+            acc = _mma(graw, w_out, acc, dtype, PRECISION, UPCAST)
+        out = out_ptr + split * B * D + rows[:, None] * D + dd[None, :]
+        tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
+
+    @triton.jit
+    def _grad_w_kernel(
+        x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, gw_ptr, gb_ptr,
+        B, N, D, stride_x, stride_w, scale, threshold, g_ptr,
+        USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
+        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):  # fmt: skip
+        """dW of one class tile and output chunk (all of B), straight into the sparse values."""
+        tile = tl.program_id(0)
+        pid_d = tl.program_id(1)
+        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        dd = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
+        d_ok = dd < D
+        acc = tl.zeros((BLOCK_N, BLOCK_DO), dtype=tl.float32)
+        dots = tl.zeros((BLOCK_N,), dtype=tl.float32)  # dW_j . w_j, for the norm's term
+        dbias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        wrow = _centre_rows(idx_ptr, cols, col_ok, USE_INDEX)
+        for r0 in range(0, B, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < B
+            grad, graw, raw, _ = _grad_tile(
+                x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols,
+                col_ok, D, stride_x, stride_w, scale, threshold, g_ptr, USE_INDEX, NORMALIZE_W,
+                HAS_BIAS, FILTER, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+            )  # fmt: skip
+            x_out = tl.load(
+                x_ptr + rows[:, None] * stride_x + dd[None, :],
+                mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            )
+            acc = _mma(tl.trans(graw), x_out, acc, x_out.dtype, PRECISION, UPCAST)
+            if NORMALIZE_W:
+                dots += tl.sum(graw * raw, axis=0)
+            if HAS_BIAS:
+                dbias += tl.sum(grad, axis=0)
+        if NORMALIZE_W:  # w_j / |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j
+            inv = tl.load(inv_ptr + cols, mask=col_ok, other=0.0)
+            w_out = tl.load(
+                w_ptr + wrow[:, None] * stride_w + dd[None, :],
+                mask=col_ok[:, None] & d_ok[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            acc -= (dots * inv * inv)[:, None] * w_out
+        tl.store(
+            gw_ptr + cols.to(tl.int64)[:, None] * D + dd[None, :],
+            acc.to(gw_ptr.dtype.element_ty),
+            mask=col_ok[:, None] & d_ok[None, :],
+        )
+        if HAS_BIAS and pid_d == 0:
+            tl.store(gb_ptr + cols, (dbias * scale).to(gb_ptr.dtype.element_ty), mask=col_ok)
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype != torch.float32:
+        return "tf32"  # ignored for 16-bit inputs
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+class _FusedMarginSoftmaxLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,  # (B, D) as the GEMM sees it
+        weight: torch.Tensor,  # (C_r, D)
+        bias: torch.Tensor | None,
+        index: torch.Tensor | None,
+        col: torch.Tensor,
+        target_row: torch.Tensor,
+        has: torch.Tensor,
+        opts: CoreOptions,
+    ) -> torch.Tensor:
+        margin = opts.margin
+        device = x.device
+        batch, dim = x.shape
+        num_rows = weight.shape[0] if index is None else index.numel()
+        xg = (x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)).contiguous()
+        weight_c = weight.contiguous()
+        blocks = _blocks_for(device)
+        row_blocks = triton.cdiv(batch, blocks.m)
+        tiles = triton.cdiv(num_rows, blocks.n)
+        splits = _num_splits(row_blocks, tiles, device)
+        per_split = triton.cdiv(tiles, splits)
+        splits = triton.cdiv(tiles, per_split)
+        tcol = torch.where(has, col, -1).contiguous()
+        f32 = torch.float32
+        inv_norm = torch.ones(num_rows, dtype=f32, device=device)
+        part_max = torch.empty((splits, batch), dtype=f32, device=device)
+        part_sum = torch.empty((splits, batch), dtype=f32, device=device)
+        bias_c = bias.contiguous() if bias is not None else weight_c  # unused pointer
+        index_c = index.contiguous() if index is not None else tcol  # unused pointer
+        flags = _flags(weight_c, bias, index, opts)
+        _stats_kernel[(row_blocks, splits)](
+            xg, weight_c, index_c, bias_c, tcol, inv_norm, part_max, part_sum,
+            batch, num_rows, dim, xg.stride(0), weight_c.stride(0), per_split,
+            float(margin.scale), float(opts.filter_threshold or 0.0), **flags,
+            BLOCK_M=blocks.m, BLOCK_N=blocks.n, BLOCK_K=blocks.k,
+            PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype), num_warps=blocks.warps, num_stages=blocks.stages,
+        )  # fmt: skip
+
+        x_leaf, w_leaf, b_leaf, target = _target_graph(ctx, x, weight, bias, target_row, margin)
+        t_local = torch.where(has, target.detach().to(f32), 0.0)
+        # Fold the splits, then this shard's target logit, into one (max, sum-exp) per row.
+        row_max = part_max.amax(0)
+        base = torch.where(torch.isinf(row_max), 0.0, row_max)
+        row_sum = (part_sum * torch.exp(part_max - base)).sum(0)
+        t_in = torch.where(has, t_local, float("-inf"))
+        both = torch.maximum(row_max, t_in)
+        base2 = torch.where(torch.isinf(both), 0.0, both)
+        row_sum = row_sum * torch.exp(row_max - base2) + torch.exp(t_in - base2)
+        gmax, gsum, gtarget = combine_softmax_stats(both, row_sum, t_local, opts.group)
+        lse = gmax + gsum.log()
+        loss = (lse - gtarget).mean()
+
+        ctx.opts, ctx.blocks, ctx.splits, ctx.per_split = opts, blocks, splits, per_split
+        ctx.graph = (x_leaf, w_leaf, b_leaf, target)
+        ctx.save_for_backward(xg, weight_c, bias, index, inv_norm, lse, tcol, col, has, t_local)
+        ctx.x_dtype = x.dtype
+        ctx.consumed = False
+        return loss.to(x.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        if ctx.consumed:
+            raise RuntimeError("PartialFC's loss was back-propagated twice (retain_graph=True)")
+        ctx.consumed = True
+        xg, weight, bias, index, inv_norm, lse, tcol, col, has, t_local = ctx.saved_tensors
+        opts, blocks = ctx.opts, ctx.blocks
+        margin = opts.margin
+        x_leaf, w_leaf, b_leaf, target = ctx.graph
+        batch, dim = xg.shape
+        num_rows = weight.shape[0] if index is None else index.numel()
+        device = xg.device
+        g = (grad_loss.to(torch.float32) / batch).reshape(1)  # on the device: no host sync
+        flags = _flags(weight, bias, index, opts)
+        bias_c = bias.contiguous() if bias is not None else weight
+        index_c = index.contiguous() if index is not None else tcol
+        common = dict(
+            B=batch, N=num_rows, D=dim, stride_x=xg.stride(0), stride_w=weight.stride(0),
+            scale=float(margin.scale), threshold=float(opts.filter_threshold or 0.0), g_ptr=g,
+            **flags, BLOCK_M=blocks.m, BLOCK_N=blocks.n, BLOCK_K=blocks.k,
+            BLOCK_DO=blocks.d_out, PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype), num_warps=blocks.warps,
+            num_stages=blocks.stages,
+        )  # fmt: skip
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        d_chunks = triton.cdiv(dim, blocks.d_out)
+        grad_x = grad_weight = grad_bias = None
+        if want_x:
+            partial = torch.empty((ctx.splits, batch, dim), dtype=torch.float32, device=device)
+            grid = (triton.cdiv(batch, blocks.m), ctx.splits, d_chunks)
+            _grad_x_kernel[grid](
+                xg, weight, index_c, bias_c, inv_norm, tcol, lse, partial,
+                tiles_per_split=ctx.per_split, **common,
+            )  # fmt: skip
+            grad_x = partial.sum(0)
+        grad_w = grad_b = None
+        if want_w or want_b:
+            grad_w = torch.empty((num_rows, dim), dtype=weight.dtype, device=device)
+            grad_b = torch.zeros(num_rows, dtype=bias.dtype, device=device) if want_b else None
+            grid = (triton.cdiv(num_rows, blocks.n), d_chunks)
+            _grad_w_kernel[grid](
+                xg, weight, index_c, bias_c, inv_norm, tcol, lse, grad_w,
+                grad_b if grad_b is not None else grad_w, **common,
+            )  # fmt: skip
+
+        # The target logits: d loss / d target = g * (p_target - 1) where this shard owns it.
+        p_target = torch.exp(t_local - lse)
+        grad_target = torch.where(has, g * (p_target - 1.0), torch.zeros_like(p_target))
+        wanted = [t for t in (x_leaf, w_leaf, b_leaf) if t is not None and t.requires_grad]
+        if wanted:
+            parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
+            parts = dict(zip([id(t) for t in wanted], parts, strict=True))
+            if id(x_leaf) in parts:
+                grad_x = parts[id(x_leaf)].float() if grad_x is None else grad_x + parts[id(x_leaf)]
+            if w_leaf is not None and id(w_leaf) in parts and grad_w is not None:
+                grad_w.index_add_(0, col, parts[id(w_leaf)].to(grad_w.dtype))
+            if b_leaf is not None and id(b_leaf) in parts and grad_b is not None:
+                grad_b.index_add_(0, col, parts[id(b_leaf)].to(grad_b.dtype))
+        rows = _row_indices(index, weight.shape[0], device)
+        if want_w:
+            grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
+        if want_b:
+            grad_bias = _sparse_rows_grad(rows, grad_b, (weight.shape[0],))
+        if opts.marks is not None:
+            opts.marks.data_ptrs = {
+                t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
+            }
+        if grad_x is not None:
+            grad_x = grad_x.to(ctx.x_dtype)
+        ctx.graph = None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _flags(
+    weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor | None, opts: CoreOptions
+) -> dict[str, bool]:
+    return dict(
+        USE_INDEX=index is not None,
+        NORMALIZE_W=bool(opts.margin.normalize_weight),
+        HAS_BIAS=bias is not None,
+        FILTER=opts.filter_threshold is not None,
+    )
+
+
+def _target_graph(ctx, x, weight, bias, target_row, margin):
+    """Each row's target logit under a small autograd graph (the margin's, or the plain logit)."""
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    with torch.enable_grad():
+        x_leaf = x.detach().requires_grad_(need_x)
+        w_leaf = weight.index_select(0, target_row).detach().requires_grad_(need_w)
+        b_leaf = None
+        target = margin(x_leaf, w_leaf)
+        if target is None:  # plain softmax: the target logit is the row's ordinary logit
+            target = (x_leaf * w_leaf).sum(1) * margin.scale
+            if bias is not None:
+                b_leaf = bias.index_select(0, target_row).detach().requires_grad_(need_b)
+                target = target + b_leaf * margin.scale
+    return x_leaf, w_leaf, b_leaf, target
+
+
+def fused_margin_softmax_loss(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    col: torch.Tensor,
+    target_row: torch.Tensor,
+    has: torch.Tensor,
+    opts: CoreOptions,
+) -> torch.Tensor:
+    """:func:`partialfc.heads._core.margin_softmax_loss` without storing the logits."""
+    check_fused_device(x.device)
+    return _FusedMarginSoftmaxLoss.apply(x, weight, bias, index, col, target_row, has, opts)
