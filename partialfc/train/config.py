@@ -25,6 +25,7 @@ else:  # pragma: no cover - Python 3.10
 from partialfc import margins
 
 MARGINS = ("arcface", "cosface", "normface", "combined", "sphereface", "lsoftmax", "softmax")
+FUSED: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
 LOADERS = ("torch", "dali", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -116,6 +117,8 @@ class HeadConfig:
     """Fraction of each rank's classes scored per step (Partial FC)."""
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this (0 disables)."""
+    fused: str = "off"
+    """Triton kernels that never store the logits: on, off, or auto (on with CUDA)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -131,10 +134,19 @@ class HeadConfig:
             "head.interclass_filtering_threshold",
             "must be >= 0",
         )
+        _check(
+            self.fused in FUSED,
+            "head.fused",
+            f"must be one of {tuple(FUSED)}, got {self.fused!r}",
+        )
         try:
             self.build_margin()
         except ValueError as err:
             raise ValueError(f"head: {err}") from None
+
+    def fused_option(self) -> bool | str:
+        """``PartialFC(fused=...)`` for this section."""
+        return FUSED[self.fused]
 
     def build_margin(self) -> margins.Margin:
         """The margin object this section describes."""

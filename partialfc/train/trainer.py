@@ -86,6 +86,7 @@ class Trainer:
             seed=cfg.train.seed,
             interclass_filtering_threshold=cfg.head.interclass_filtering_threshold,
             device=rt.device,
+            fused=cfg.head.fused_option(),
             # The loaders check labels against the dataset's classes; a non-finite embedding (an
             # fp16 overflow) must become a skipped step below, not an exception, and the check
             # would cost a host synchronisation per step.

@@ -11,11 +11,11 @@ from partialfc.train.runtime import Runtime
 from partialfc.train.trainer import Trainer
 
 
-def _run(tmp_path, **train) -> tuple[Trainer, dict]:
+def _run(tmp_path, head: dict | None = None, **train) -> tuple[Trainer, dict]:
     cfg = Config.from_dict({
         "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
         "model": {"backbone": "tinyface_gn", "embedding_size": 8},
-        "head": {"margin": "arcface", "s": 8.0, "m2": 0.3, "sample_rate": 0.5},
+        "head": {"margin": "arcface", "s": 8.0, "m2": 0.3, "sample_rate": 0.5, **(head or {})},
         "optim": {"lr": 0.05},
         "train": {"max_steps": 3, "output_dir": str(tmp_path), "checkpoint_every": 100, **train},
         "metrics": {"jsonl": False},
@@ -58,3 +58,17 @@ def test_mixed_precision_trains(tmp_path, precision: str) -> None:
     assert all(torch.isfinite(torch.tensor(result["losses"])))
     assert trainer.scaler.is_enabled() == (precision == "fp16")
     assert trainer.head.weight.dtype == torch.float32, "centres stay float32 under autocast"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_head_trains_like_the_reference_head(tmp_path, precision: str) -> None:
+    """head.fused = "on" (Triton; its interpreter without CUDA) against "off", step for step."""
+    pytest.importorskip("triton")
+    ref_trainer, reference = _run(tmp_path / "off", precision=precision)
+    fused_trainer, fused = _run(tmp_path / "on", head={"fused": "on"}, precision=precision)
+    tol = 1e-4 if precision == "fp32" else 2e-2
+    assert_close(
+        torch.tensor(fused["losses"]), torch.tensor(reference["losses"]), rtol=tol, atol=tol
+    )
+    scale = float(ref_trainer.head.weight.abs().max())
+    assert_close(fused_trainer.head.weight, ref_trainer.head.weight, rtol=tol, atol=tol * scale)
