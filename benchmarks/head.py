@@ -3,6 +3,7 @@
 One step = forward + backward + optimizer step of the head alone, on synthetic embeddings.
 
 * ``partialfc``: ``pfc.PartialFC(ArcFace)`` + ``pfc.SparseSGD`` (sparse rows, lazy momentum).
+* ``fused``: the same head with ``fused=True``: the Triton kernels, no (B, N) logits (CUDA).
 * ``dense-v2`` (the named baseline): the design of insightface's PartialFC_V2, written here: a dense
   (C, D) class-centre Parameter, ``index_select`` of the sampled rows (the whole matrix at rate 1),
   normalised GEMM, ArcFace on the target, fused cross-entropy, ``torch.optim.SGD`` with momentum.
@@ -15,6 +16,16 @@ transients of a step. Times are medians over the timed steps (CUDA events on a G
     python benchmarks/head.py                      # the issue's grid, CPU here
     python benchmarks/head.py --device cuda        # the same on a GPU
     python benchmarks/head.py --preset quick       # a small grid, seconds
+    python benchmarks/head.py --device cuda --preset fused --precision bf16
+                                                   # the fused kernels: B=1024, D=512, local rows
+                                                   # 12.5k, 125k, 1.25M, against both others
+
+Each row also gives the achieved TFLOP/s (the head's three GEMMs, ``6*B*D*N`` per step) and, on a
+GPU of known peak (``--peak-tflops``/``--peak-tbps`` otherwise), the roofline bound: the larger of
+the GEMM time at peak and the time to stream the N rows' weight and momentum (about 20 bytes per
+element: read and write both, read the weight again for the GEMMs) at peak bandwidth;
+``roofline %`` is that bound over the measured median. ``step MiB`` is the peak memory of a step
+beyond what the head holds between steps (centres and momentum), ``peak MiB`` everything.
 """
 
 from __future__ import annotations
@@ -37,8 +48,17 @@ from torch import nn
 PRESETS = {
     "issue": dict(classes=[200_000, 1_000_000], rates=[0.1, 1.0], batch=256, dim=512),
     "quick": dict(classes=[20_000], rates=[0.1, 1.0], batch=128, dim=128),
+    "fused": dict(classes=[12_500, 125_000, 1_250_000], rates=[1.0], batch=1024, dim=512),
 }
-IMPLS = ("dense-v2", "partialfc")
+IMPLS = ("dense-v2", "partialfc", "fused")
+# Dense peaks from the vendors' sheets (bf16/fp16 tensor cores without sparsity, HBM bandwidth).
+PEAKS = {  # name fragment: (FLOP/s, bytes/s); the first fragment found in the device name wins
+    "H100 PCIe": (756e12, 2.0e12),
+    "H100": (989e12, 3.35e12),
+    "H200": (989e12, 4.8e12),
+    "A100": (312e12, 2.0e12),
+}
+BYTES_PER_ELEMENT = 20  # per sampled row element and step: see the module docstring
 BASELINE = "dense-v2"
 
 
@@ -80,7 +100,15 @@ def _peak_rss_bytes() -> int:
 
 
 def worker(
-    impl: str, classes: int, rate: float, batch: int, dim: int, steps: int, warmup: int, device: str
+    impl: str,
+    classes: int,
+    rate: float,
+    batch: int,
+    dim: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    precision: str = "fp32",
 ) -> dict:
     import partialfc as pfc
 
@@ -95,24 +123,34 @@ def worker(
         base = torch.cuda.memory_allocated()
     else:  # the steps' high-water mark dwarfs anything before, so ru_maxrss - base is theirs
         base = _rss_bytes()
-    if impl == "partialfc":
+    if impl in ("partialfc", "fused"):
         head = pfc.PartialFC(
-            pfc.ArcFace(), dim, classes, sample_rate=rate, validate=False, device=dev
-        )
+            pfc.ArcFace(), dim, classes, sample_rate=rate, validate=False, device=dev,
+            fused=impl == "fused",
+        )  # fmt: skip
         opt = pfc.SparseSGD([head.weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
     else:
         head = DenseV2Baseline(classes, dim, rate).to(dev)
         opt = torch.optim.SGD([head.weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
 
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    held = 0
     times = []
     for i in range(warmup + steps):
+        if i == warmup:  # the head's state between steps: centres and (now) momentum
+            opt.zero_grad(set_to_none=True)
+            x.grad = None
+            held = torch.cuda.memory_allocated() if cuda else 0
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         x.grad = None
-        loss = head(x, labels)
+        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+            loss = head(x, labels)
         loss.backward()
         opt.step()
         if cuda:
@@ -124,6 +162,7 @@ def worker(
         if i >= warmup:
             times.append(elapsed)
     peak = (torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()) - base
+    rows = classes if rate >= 1.0 else max(int(rate * classes), 1)
     return {
         "impl": impl,
         "classes": classes,
@@ -131,9 +170,12 @@ def worker(
         "batch": batch,
         "dim": dim,
         "device": device,
+        "precision": precision,
+        "rows": rows,
         "median_ms": statistics.median(times) * 1e3,
         "times_ms": [t * 1e3 for t in times],
         "peak_mib": peak / 2**20,
+        "step_mib": (torch.cuda.max_memory_allocated() - held) / 2**20 if cuda else None,
         "loss": float(loss),
     }
 
@@ -144,7 +186,7 @@ def _run_isolated(
     cmd = [
         sys.executable, __file__, "--worker", impl, "--classes", str(classes), "--rates", str(rate),
         "--batch", str(batch), "--dim", str(dim), "--steps", str(args.steps),
-        "--warmup", str(args.warmup), "--device", args.device,
+        "--warmup", str(args.warmup), "--device", args.device, "--precision", args.precision,
     ]  # fmt: skip
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -166,6 +208,13 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "head.json")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="autocast dtype of the GEMMs (statistics stay float32)")  # fmt: skip
+    parser.add_argument("--impls", nargs="*", choices=IMPLS,
+                        help=f"implementations to run (default: all that run on the device; "
+                        f"{BASELINE} always runs, as the baseline)")  # fmt: skip
+    parser.add_argument("--peak-tflops", type=float, help="the GPU's peak, for the roofline")
+    parser.add_argument("--peak-tbps", type=float, help="the GPU's bandwidth, for the roofline")
     parser.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     preset = PRESETS[args.preset]
@@ -185,24 +234,34 @@ def main() -> None:
                     args.steps,
                     args.warmup,
                     args.device,
+                    args.precision,
                 )
             )
         )
         return
 
+    impls = _implementations(args)
+    peaks = _peaks(args)
+
     rows = []
     for c in classes:
         for rate in rates:
-            runs: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
+            runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for _ in range(args.rounds):
-                for impl in IMPLS:
+                for impl in impls:
                     runs[impl].append(_run_isolated(args, impl, c, rate, batch, dim))
             results = {impl: _merge(rs) for impl, rs in runs.items()}
             base = results[BASELINE]
-            for impl in IMPLS:
+            for impl in impls:
                 r = results[impl]
                 r["time_vs_baseline"] = r["median_ms"] / base["median_ms"]
                 r["memory_vs_baseline"] = r["peak_mib"] / base["peak_mib"]
+                if "partialfc" in results and impl == "fused":
+                    unfused = results["partialfc"]
+                    r["time_vs_unfused"] = r["median_ms"] / unfused["median_ms"]
+                    if r["step_mib"] is not None:
+                        r["step_memory_vs_unfused"] = r["step_mib"] / unfused["step_mib"]
+                _add_roofline(r, peaks)
                 rows.append(r)
                 _print_row(r, header=len(rows) == 1)
     report = {
@@ -217,6 +276,9 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "rounds": args.rounds,
+        "precision": args.precision,
+        "peak_flops": peaks[0] if peaks else None,
+        "peak_bytes_per_second": peaks[1] if peaks else None,
         "load_average_1m_at_end": os.getloadavg()[0],
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "rows": rows,
@@ -226,27 +288,62 @@ def main() -> None:
     print(f"\nwrote {args.out}")
 
 
+def _implementations(args: argparse.Namespace) -> list[str]:
+    chosen = args.impls or [i for i in IMPLS if i != "fused" or args.device == "cuda"]
+    return [BASELINE, *[i for i in chosen if i != BASELINE]]
+
+
+def _peaks(args: argparse.Namespace) -> tuple[float, float] | None:
+    """(FLOP/s, bytes/s) of the device: the command line, else the table, else unknown."""
+    if args.peak_tflops and args.peak_tbps:
+        return args.peak_tflops * 1e12, args.peak_tbps * 1e12
+    if args.device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for frag, peak in PEAKS.items() if frag in name), None)
+
+
+def _add_roofline(r: dict, peaks: tuple[float, float] | None) -> None:
+    flops = 6 * r["batch"] * r["dim"] * r["rows"]
+    r["tflops"] = flops / (r["median_ms"] * 1e-3) / 1e12
+    if peaks is None:
+        r["roofline_ms"] = r["roofline_pct"] = None
+        return
+    bound = max(flops / peaks[0], BYTES_PER_ELEMENT * r["rows"] * r["dim"] / peaks[1])
+    r["roofline_ms"] = bound * 1e3
+    r["roofline_pct"] = 100.0 * bound / (r["median_ms"] * 1e-3)
+
+
 def _merge(rounds: list[dict]) -> dict:
     """One row from several rounds: median over every timed step, the largest peak memory."""
     merged = dict(rounds[0])
     merged["times_ms"] = [t for r in rounds for t in r["times_ms"]]
     merged["median_ms"] = statistics.median(merged["times_ms"])
     merged["peak_mib"] = max(r["peak_mib"] for r in rounds)
+    steps = [r["step_mib"] for r in rounds if r["step_mib"] is not None]
+    merged["step_mib"] = max(steps) if steps else None
     merged["rounds"] = len(rounds)
     return merged
 
 
 def _print_row(r: dict, header: bool) -> None:
+    cols = [
+        ("impl", 9, lambda r: r["impl"]),
+        ("rows", 9, lambda r: f"{r['rows']:,}"),
+        ("rate", 4, lambda r: f"{r['sample_rate']}"),
+        ("median ms", 9, lambda r: f"{r['median_ms']:.2f}"),
+        ("TFLOP/s", 7, lambda r: f"{r['tflops']:.1f}"),
+        ("roofline %", 10, lambda r: "-" if r["roofline_pct"] is None else f"{r['roofline_pct']:.0f}"),
+        ("peak MiB", 8, lambda r: f"{r['peak_mib']:.0f}"),
+        ("step MiB", 8, lambda r: "-" if r["step_mib"] is None else f"{r['step_mib']:.0f}"),
+        ("time x", 6, lambda r: f"{r['time_vs_baseline']:.2f}"),
+        ("mem x", 5, lambda r: f"{r['memory_vs_baseline']:.2f}"),
+        ("x unfused", 9, lambda r: f"{r['time_vs_unfused']:.2f}" if "time_vs_unfused" in r else "-"),
+    ]  # fmt: skip
     if header:
-        print(
-            f"| {'impl':<10} | {'classes':>9} | {'rate':>4} | {'median ms':>10} | {'peak MiB':>9} | {'time x':>6} | {'mem x':>6} |"
-        )
-        print(f"|{'-' * 12}|{'-' * 11}|{'-' * 6}|{'-' * 12}|{'-' * 11}|{'-' * 8}|{'-' * 8}|")
-    print(
-        f"| {r['impl']:<10} | {r['classes']:>9,} | {r['sample_rate']:>4} | {r['median_ms']:>10.1f} | "
-        f"{r['peak_mib']:>9.0f} | {r['time_vs_baseline']:>6.2f} | {r['memory_vs_baseline']:>6.2f} |",
-        flush=True,
-    )
+        print("| " + " | ".join(f"{name:>{w}}" for name, w, _ in cols) + " |")
+        print("|" + "|".join("-" * (w + 2) for _, w, _ in cols) + "|")
+    print("| " + " | ".join(f"{get(r):>{w}}" for _, w, get in cols) + " |", flush=True)
 
 
 if __name__ == "__main__":
