@@ -25,7 +25,6 @@ memory and are cast tile by tile; scale, margin, exp and every statistic are flo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -67,32 +66,44 @@ def check_fused_device(device: torch.device) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Blocks:
-    """Tile sizes of the kernels (powers of two, at least 16 for the tensor-core GEMMs)."""
+# Autotuning candidates on a GPU, tuned per (B, D): block sizes, then warps and stages. BLOCK_M
+# and BLOCK_N tile the batch and the class rows, BLOCK_K is the logit GEMM's reduction chunk and
+# BLOCK_DO the output columns of one dX / dW program (D / BLOCK_DO programs recompute a tile).
+STATS_CONFIGS = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4)]
+GRAD_X_CONFIGS = [
+    (64, 64, 64, 128, 4, 3),
+    (128, 64, 64, 128, 8, 3),
+    (64, 128, 64, 128, 8, 3),
+    (64, 64, 64, 256, 8, 3),
+]
+GRAD_W_CONFIGS = [
+    (64, 64, 64, 128, 4, 3),
+    (64, 128, 64, 128, 8, 3),
+    (64, 64, 64, 256, 8, 3),
+    (32, 128, 64, 128, 4, 3),
+]
+MAX_SPLITS = 64  # class-tile splits of the forward and dX kernels (their partial results)
 
-    m: int = 64  # batch rows per tile
-    n: int = 64  # class rows per tile
-    k: int = 64  # reduction chunk over D in the logit GEMM
-    d_out: int = 128  # output columns per program in dX and dW
-    warps: int = 4
-    stages: int = 3
 
-
-GPU_BLOCKS = Blocks()
-INTERPRETER_BLOCKS = Blocks(m=16, n=16, k=16, d_out=16, warps=1, stages=1)
-
-
-def _blocks_for(device: torch.device) -> Blocks:
-    return GPU_BLOCKS if device.type == "cuda" else INTERPRETER_BLOCKS
-
-
-def _num_splits(row_blocks: int, tiles: int, device: torch.device, per_sm: int = 4) -> int:
-    """Class-tile splits so that ``row_blocks * splits`` programs fill the GPU a few times."""
+def _num_splits(batch: int, device: torch.device, per_sm: int = 4) -> int:
+    """Splits of the class tiles so that (row blocks of 64) x splits programs fill the GPU a few
+    times over; the interpreter takes two, so that tests cover the folding of splits."""
     if device.type != "cuda":
-        return min(tiles, 2)  # the interpreter: still exercise more than one split
+        return 2
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(tiles, math.ceil(per_sm * sms / max(1, row_blocks))))
+    return max(1, min(MAX_SPLITS, math.ceil(per_sm * sms / math.ceil(batch / 64))))
+
+
+def _configs(shapes: list[tuple[int, ...]], names: tuple[str, ...]) -> list:
+    """Autotuning candidates: (block sizes..., warps, stages) each; under the interpreter one small
+    configuration (16 everywhere, so that small tests still cross tile edges)."""
+    if interpreting():
+        return [triton.Config(dict.fromkeys(names, 16), num_warps=1, num_stages=1)]
+    return [
+        triton.Config(dict(zip(names, shape[:-2], strict=True)), num_warps=shape[-2],
+                      num_stages=shape[-1])
+        for shape in shapes
+    ]  # fmt: skip
 
 
 if triton is not None:
@@ -120,6 +131,14 @@ if triton is not None:
         return tl.dot(a.to(DTYPE), b.to(DTYPE), acc, input_precision=PRECISION)
 
     @triton.jit
+    def _split_range(N, SPLITS, split, BLOCK_N: tl.constexpr):
+        """Class tiles [first, last) of one split (empty for the last splits of a small N)."""
+        tiles = tl.cdiv(N, BLOCK_N)
+        per = tl.cdiv(tiles, SPLITS)
+        first = split * per
+        return first, tl.minimum(first + per, tiles)
+
+    @triton.jit
     def _centre_rows(idx_ptr, cols, col_ok, USE_INDEX: tl.constexpr):
         """Row of the shard behind each column (int64: shards past 2**31 elements)."""
         if USE_INDEX:
@@ -127,16 +146,41 @@ if triton is not None:
         return cols.to(tl.int64)
 
     @triton.jit
+    def _inv_norm_kernel(
+        w_ptr, idx_ptr, inv_ptr, N, D, stride_w,
+        USE_INDEX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):  # fmt: skip
+        """``1 / max(|w_j|, eps)`` of the rows taking part, once per step (not once per tile)."""
+        cols = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        col_ok = cols < N
+        wrow = _centre_rows(idx_ptr, cols, col_ok, USE_INDEX)
+        sq = tl.zeros((BLOCK_R,), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(
+                w_ptr + wrow[:, None] * stride_w + kk[None, :],
+                mask=col_ok[:, None] & (kk < D)[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            sq += tl.sum(w * w, axis=1)
+        tl.store(inv_ptr + cols, 1.0 / tl.maximum(tl.sqrt(sq), _EPS), mask=col_ok)
+
+    @triton.jit
+    def _inv_norms(inv_ptr, cols, col_ok, NORMALIZE_W: tl.constexpr, BLOCK_N: tl.constexpr):
+        if NORMALIZE_W:
+            return tl.load(inv_ptr + cols, mask=col_ok, other=0.0)
+        return tl.full((BLOCK_N,), 1.0, tl.float32)
+
+    @triton.jit
     def _logit_tile(
         x_ptr, w_ptr, idx_ptr, rows, row_ok, cols, col_ok, D, stride_x, stride_w,
-        USE_INDEX: tl.constexpr, WANT_NORM: tl.constexpr, BLOCK_M: tl.constexpr,
+        USE_INDEX: tl.constexpr, BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
-        """``x[rows] . w[cols]`` as a float32 (BLOCK_M, BLOCK_N) tile, the centre rows' squared
-        norms (BLOCK_N,) when asked, and the centre row of each column."""
+        """``x[rows] . w[cols]`` as a float32 (BLOCK_M, BLOCK_N) tile, and the centre row of each
+        column."""
         wrow = _centre_rows(idx_ptr, cols, col_ok, USE_INDEX)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        sq = tl.zeros((BLOCK_N,), dtype=tl.float32)
         for k0 in range(0, D, BLOCK_K):
             kk = k0 + tl.arange(0, BLOCK_K)
             k_ok = kk < D
@@ -150,11 +194,8 @@ if triton is not None:
                 mask=col_ok[:, None] & k_ok[None, :],
                 other=0.0,
             )
-            if WANT_NORM:
-                wf = wk.to(tl.float32)
-                sq += tl.sum(wf * wf, axis=1)
             acc = _mma(xk, tl.trans(wk), acc, xk.dtype, PRECISION, UPCAST)
-        return acc, sq, wrow
+        return acc, wrow
 
     @triton.jit
     def _scaled_logits(
@@ -177,10 +218,14 @@ if triton is not None:
             z = z + b[None, :] * scale
         return z, col_scale, filtered
 
+    @triton.autotune(
+        configs=_configs(STATS_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
+        key=["B", "D"],
+    )
     @triton.jit
     def _stats_kernel(
         x_ptr, w_ptr, idx_ptr, bias_ptr, tcol_ptr, inv_ptr, max_ptr, sum_ptr,
-        B, N, D, stride_x, stride_w, tiles_per_split, scale, threshold,
+        B, N, D, stride_x, stride_w, SPLITS, scale, threshold,
         USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
         FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -192,18 +237,15 @@ if triton is not None:
         tcol = tl.load(tcol_ptr + rows, mask=row_ok, other=-1)  # -1: target not in this shard
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         s_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        first = split * tiles_per_split
-        last = tl.minimum(first + tiles_per_split, tl.cdiv(N, BLOCK_N))
+        first, last = _split_range(N, SPLITS, split, BLOCK_N)
         for tile in range(first, last):
             cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
             col_ok = cols < N
-            raw, sq, wrow = _logit_tile(
+            raw, wrow = _logit_tile(
                 x_ptr, w_ptr, idx_ptr, rows, row_ok, cols, col_ok, D, stride_x, stride_w,
-                USE_INDEX, NORMALIZE_W, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+                USE_INDEX, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
             )  # fmt: skip
-            inv = 1.0 / tl.maximum(tl.sqrt(sq), _EPS)
-            if NORMALIZE_W and pid_m == 0:
-                tl.store(inv_ptr + cols, inv, mask=col_ok)
+            inv = _inv_norms(inv_ptr, cols, col_ok, NORMALIZE_W, BLOCK_N)
             z, _, _ = _scaled_logits(
                 raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W, HAS_BIAS, FILTER
             )
@@ -226,14 +268,11 @@ if triton is not None:
     ):  # fmt: skip
         """Recompute a tile; return d loss / d logit (G), d loss / d raw (G * col_scale), the raw
         tile and the centre rows. Target, filtered and out-of-range entries get zero."""
-        raw, _, wrow = _logit_tile(
+        raw, wrow = _logit_tile(
             x_ptr, w_ptr, idx_ptr, rows, row_ok, cols, col_ok, D, stride_x, stride_w,
-            USE_INDEX, False, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+            USE_INDEX, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
         )  # fmt: skip
-        if NORMALIZE_W:
-            inv = tl.load(inv_ptr + cols, mask=col_ok, other=0.0)
-        else:
-            inv = tl.full((BLOCK_N,), 1.0, tl.float32)
+        inv = _inv_norms(inv_ptr, cols, col_ok, NORMALIZE_W, BLOCK_N)
         z, col_scale, filtered = _scaled_logits(
             raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W, HAS_BIAS, FILTER
         )
@@ -245,10 +284,14 @@ if triton is not None:
         grad = tl.where(dead, 0.0, g * tl.exp(z - lse[:, None]))
         return grad, grad * col_scale[None, :], raw, wrow
 
+    @triton.autotune(
+        configs=_configs(GRAD_X_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_DO")),
+        key=["B", "D"],
+    )
     @triton.jit
     def _grad_x_kernel(
         x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, out_ptr,
-        B, N, D, stride_x, stride_w, tiles_per_split, scale, threshold, g_ptr,
+        B, N, D, stride_x, stride_w, SPLITS, scale, threshold, g_ptr,
         USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
         FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -262,8 +305,7 @@ if triton is not None:
         dd = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
         d_ok = dd < D
         acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
-        first = split * tiles_per_split
-        last = tl.minimum(first + tiles_per_split, tl.cdiv(N, BLOCK_N))
+        first, last = _split_range(N, SPLITS, split, BLOCK_N)
         for tile in range(first, last):
             cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
             col_ok = cols < N
@@ -282,6 +324,10 @@ if triton is not None:
         out = out_ptr + split * B * D + rows[:, None] * D + dd[None, :]
         tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
 
+    @triton.autotune(
+        configs=_configs(GRAD_W_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_DO")),
+        key=["B", "D"],
+    )
     @triton.jit
     def _grad_w_kernel(
         x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, gw_ptr, gb_ptr,
@@ -365,12 +411,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         num_rows = weight.shape[0] if index is None else index.numel()
         xg = (x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)).contiguous()
         weight_c = weight.contiguous()
-        blocks = _blocks_for(device)
-        row_blocks = triton.cdiv(batch, blocks.m)
-        tiles = triton.cdiv(num_rows, blocks.n)
-        splits = _num_splits(row_blocks, tiles, device)
-        per_split = triton.cdiv(tiles, splits)
-        splits = triton.cdiv(tiles, per_split)
+        splits = _num_splits(batch, device)
         tcol = torch.where(has, col, -1).contiguous()
         f32 = torch.float32
         inv_norm = torch.ones(num_rows, dtype=f32, device=device)
@@ -379,12 +420,17 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         bias_c = bias.contiguous() if bias is not None else weight_c  # unused pointer
         index_c = index.contiguous() if index is not None else tcol  # unused pointer
         flags = _flags(weight_c, bias, index, opts)
-        _stats_kernel[(row_blocks, splits)](
+        if opts.margin.normalize_weight:
+            block_r = 16 if interpreting() else 64
+            _inv_norm_kernel[(triton.cdiv(num_rows, block_r),)](
+                weight_c, index_c, inv_norm, num_rows, dim, weight_c.stride(0),
+                USE_INDEX=index is not None, BLOCK_R=block_r, BLOCK_K=block_r,
+            )  # fmt: skip
+        _stats_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_M"]), splits)](
             xg, weight_c, index_c, bias_c, tcol, inv_norm, part_max, part_sum,
-            batch, num_rows, dim, xg.stride(0), weight_c.stride(0), per_split,
+            batch, num_rows, dim, xg.stride(0), weight_c.stride(0), splits,
             float(margin.scale), float(opts.filter_threshold or 0.0), **flags,
-            BLOCK_M=blocks.m, BLOCK_N=blocks.n, BLOCK_K=blocks.k,
-            PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype), num_warps=blocks.warps, num_stages=blocks.stages,
+            PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype),
         )  # fmt: skip
 
         x_leaf, w_leaf, b_leaf, target = _target_graph(ctx, x, weight, bias, target_row, margin)
@@ -401,7 +447,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         lse = gmax + gsum.log()
         loss = (lse - gtarget).mean()
 
-        ctx.opts, ctx.blocks, ctx.splits, ctx.per_split = opts, blocks, splits, per_split
+        ctx.opts, ctx.splits = opts, splits
         ctx.graph = (x_leaf, w_leaf, b_leaf, target)
         ctx.save_for_backward(xg, weight_c, bias, index, inv_norm, lse, tcol, col, has, t_local)
         ctx.x_dtype = x.dtype
@@ -415,7 +461,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
             raise RuntimeError("PartialFC's loss was back-propagated twice (retain_graph=True)")
         ctx.consumed = True
         xg, weight, bias, index, inv_norm, lse, tcol, col, has, t_local = ctx.saved_tensors
-        opts, blocks = ctx.opts, ctx.blocks
+        opts, splits = ctx.opts, ctx.splits
         margin = opts.margin
         x_leaf, w_leaf, b_leaf, target = ctx.graph
         batch, dim = xg.shape
@@ -428,27 +474,30 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         common = dict(
             B=batch, N=num_rows, D=dim, stride_x=xg.stride(0), stride_w=weight.stride(0),
             scale=float(margin.scale), threshold=float(opts.filter_threshold or 0.0), g_ptr=g,
-            **flags, BLOCK_M=blocks.m, BLOCK_N=blocks.n, BLOCK_K=blocks.k,
-            BLOCK_DO=blocks.d_out, PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype), num_warps=blocks.warps,
-            num_stages=blocks.stages,
+            **flags, PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype),
         )  # fmt: skip
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
-        d_chunks = triton.cdiv(dim, blocks.d_out)
         grad_x = grad_weight = grad_bias = None
         if want_x:
-            partial = torch.empty((ctx.splits, batch, dim), dtype=torch.float32, device=device)
-            grid = (triton.cdiv(batch, blocks.m), ctx.splits, d_chunks)
-            _grad_x_kernel[grid](
-                xg, weight, index_c, bias_c, inv_norm, tcol, lse, partial,
-                tiles_per_split=ctx.per_split, **common,
-            )  # fmt: skip
+            partial = torch.empty((splits, batch, dim), dtype=torch.float32, device=device)
+            grid_x = lambda meta: (  # noqa: E731
+                triton.cdiv(batch, meta["BLOCK_M"]),
+                splits,
+                triton.cdiv(dim, meta["BLOCK_DO"]),
+            )
+            _grad_x_kernel[grid_x](
+                xg, weight, index_c, bias_c, inv_norm, tcol, lse, partial, SPLITS=splits, **common
+            )
             grad_x = partial.sum(0)
         grad_w = grad_b = None
         if want_w or want_b:
             grad_w = torch.empty((num_rows, dim), dtype=weight.dtype, device=device)
             grad_b = torch.zeros(num_rows, dtype=bias.dtype, device=device) if want_b else None
-            grid = (triton.cdiv(num_rows, blocks.n), d_chunks)
-            _grad_w_kernel[grid](
+            grid_w = lambda meta: (  # noqa: E731
+                triton.cdiv(num_rows, meta["BLOCK_N"]),
+                triton.cdiv(dim, meta["BLOCK_DO"]),
+            )
+            _grad_w_kernel[grid_w](
                 xg, weight, index_c, bias_c, inv_norm, tcol, lse, grad_w,
                 grad_b if grad_b is not None else grad_w, **common,
             )  # fmt: skip

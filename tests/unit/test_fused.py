@@ -168,3 +168,23 @@ def test_fused_true_off_cuda_without_the_interpreter_says_what_to_do(monkeypatch
     monkeypatch.setattr(_fused, "interpreting", lambda: False)
     with pytest.raises(RuntimeError, match=r"TRITON_INTERPRET=1.*fused='auto'"):
         _fused.check_fused_device(torch.device("cpu"))
+
+
+def test_kernels_compile_for_hopper_without_a_gpu() -> None:
+    """Outside the interpreter: Triton's compiler and ptxas build every kernel for sm_90, and the
+    bf16 GEMMs become wgmma instructions (the tensor cores the roofline assumes)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "benchmarks" / "fused_compile.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--first", "--dtypes", "bf16", "--json"],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    rows = json.loads(out.stdout)
+    assert {r["kernel"] for r in rows} == {"_stats_kernel", "_grad_x_kernel", "_grad_w_kernel"}
+    for r in rows:
+        assert r["wgmma"] > 0, r
+        assert 0 < r["registers"] <= 255 and r["shared_bytes"] <= 227 * 1024, r
