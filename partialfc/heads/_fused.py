@@ -4,10 +4,10 @@ Same contract and semantics as :mod:`partialfc.heads._core` (the reference path)
 is where the logits live: nowhere. Legend as there: B = global batch, D = embedding width, N =
 rows taking part this step (the shard, or its sampled rows in ``index``).
 
-* Forward, one kernel: each program takes a block of rows and a contiguous split of the class
-  tiles, computes each ``(BLOCK_M, BLOCK_N)`` logit tile with a float32-accumulated GEMM (the
-  centres' norms come out of the same K loop), and folds it into a running row max and sum of
-  exponentials. Out come per-split ``(max, sum-exp)`` pairs and the centres' inverse norms (N,).
+* Forward: one pass computes the inverse norms of the N centres taking part; then each program
+  of the stats kernel takes a block of rows and a contiguous split of the class tiles, computes
+  each ``(BLOCK_M, BLOCK_N)`` logit tile with a float32-accumulated GEMM, and folds it into a
+  running row max and sum of exponentials. Out come per-split ``(max, sum-exp)`` pairs.
   The target column is left out: every target logit comes from the margin, applied per row in
   PyTorch under a small autograd graph, exactly as the reference does, and is folded in after.
 * The ranks combine ``(max, sum-exp, target)`` with one collective, as the reference does.
@@ -417,9 +417,8 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         inv_norm = torch.ones(num_rows, dtype=f32, device=device)
         part_max = torch.empty((splits, batch), dtype=f32, device=device)
         part_sum = torch.empty((splits, batch), dtype=f32, device=device)
-        bias_c = bias.contiguous() if bias is not None else weight_c  # unused pointer
-        index_c = index.contiguous() if index is not None else tcol  # unused pointer
-        flags = _flags(weight_c, bias, index, opts)
+        index_c, bias_c = _optional_pointers(index, bias, tcol, weight_c)
+        flags = _flags(bias, index, opts)
         if opts.margin.normalize_weight:
             block_r = 16 if interpreting() else 64
             _inv_norm_kernel[(triton.cdiv(num_rows, block_r),)](
@@ -468,9 +467,8 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         num_rows = weight.shape[0] if index is None else index.numel()
         device = xg.device
         g = (grad_loss.to(torch.float32) / batch).reshape(1)  # on the device: no host sync
-        flags = _flags(weight, bias, index, opts)
-        bias_c = bias.contiguous() if bias is not None else weight
-        index_c = index.contiguous() if index is not None else tcol
+        flags = _flags(bias, index, opts)
+        index_c, bias_c = _optional_pointers(index, bias, tcol, weight)
         common = dict(
             B=batch, N=num_rows, D=dim, stride_x=xg.stride(0), stride_w=weight.stride(0),
             scale=float(margin.scale), threshold=float(opts.filter_threshold or 0.0), g_ptr=g,
@@ -530,8 +528,19 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
+def _optional_pointers(
+    index: torch.Tensor | None, bias: torch.Tensor | None, tcol: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The index and bias pointers of a launch; an absent one passes a tensor of the right kind
+    that the kernel never reads (USE_INDEX / HAS_BIAS is off)."""
+    return (
+        index.contiguous() if index is not None else tcol,
+        bias.contiguous() if bias is not None else weight,
+    )
+
+
 def _flags(
-    weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor | None, opts: CoreOptions
+    bias: torch.Tensor | None, index: torch.Tensor | None, opts: CoreOptions
 ) -> dict[str, bool]:
     return dict(
         USE_INDEX=index is not None,

@@ -63,5 +63,4 @@ def head_state(
 def restore_head_state(head: PartialFC, state: dict[str, Any], prefix: str = "head") -> None:
     """Apply the non-tensor entries of a loaded :func:`head_state` (tensors were loaded in place)."""
     head.step = int(state[f"{prefix}.step"])
-    # A margin without annealing state has an empty state dict, which DCP does not store at all.
-    head.margin.load_state_dict(state.get(f"{prefix}.margin", {}))
+    head.margin.load_state_dict(state[f"{prefix}.margin"])

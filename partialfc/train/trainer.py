@@ -181,14 +181,18 @@ class Trainer:
         if path is None:
             return False
         full = self._state()
-        present = checkpoint.stored_entries(path, list(full))
+        # DCP stores nothing for an empty entry (a margin without annealing state, a disabled
+        # scaler): such an entry is present trivially.
+        present = checkpoint.stored_entries(path, list(full)) | {
+            k for k, v in full.items() if isinstance(v, dict) and not v
+        }
         state = {k: v for k, v in full.items() if k in present}
         checkpoint.load(state, path)
         if "model" in state:
             set_model_state_dict(self.backbone, state["model"])
         if "optim.backbone" in state:
             set_optimizer_state_dict(self.backbone, self.opt_backbone, state["optim.backbone"])
-        if "head.step" in present:
+        if {"head.step", "head.margin"} <= present:
             restore_head_state(self.head, state)
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
@@ -203,8 +207,7 @@ class Trainer:
         else:
             torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rt.rank)
         if self.rt.is_main:
-            # Empty entries (a margin without annealing, a disabled scaler) store nothing.
-            missing = sorted(k for k in set(full) - present if full[k] != {})
+            missing = sorted(set(full) - present)
             note = f" (not in it, started fresh: {', '.join(missing)})" if missing else ""
             print(f"resumed from {path} at step {self.step}{note}", flush=True)
         return True
