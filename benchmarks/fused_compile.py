@@ -27,11 +27,11 @@ from triton.compiler import ASTSource
 
 from partialfc.heads import _fused
 
-POINTERS = {"x_ptr": None, "idx_ptr": "i64", "tcol_ptr": "i64"}  # the rest are float32
+# None: the GEMM dtype; the pointers not named here are float32
+POINTERS = {"x_ptr": None, "out_ptr": None, "idx_ptr": "i64", "tcol_ptr": "i64"}
 KERNELS = {
     "_stats_kernel": ("STATS_CONFIGS", ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
-    "_grad_x_kernel": ("GRAD_X_CONFIGS", ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_DO")),
-    "_grad_w_kernel": ("GRAD_W_CONFIGS", ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_DO")),
+    "_grad_chunk_kernel": ("GRAD_CONFIGS", ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
 }
 
 

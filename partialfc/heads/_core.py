@@ -64,17 +64,19 @@ def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 def _blocks(
-    weight: torch.Tensor, index: torch.Tensor | None, num_rows: int
+    weight: torch.Tensor, index: torch.Tensor | None, num_rows: int, step: int | None = None
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(columns, rows)`` blocks of the rows taking part, each at most BLOCK_ELEMENTS.
+    """Yield ``(columns, rows)`` blocks of the rows taking part, ``step`` rows each.
 
-    Sampled rows are gathered block by block, so no (N, D) copy of the shard ever exists; without
-    sampling the whole shard is one block, a view, so each GEMM runs once over it.
+    By default sampled rows are gathered in blocks of at most BLOCK_ELEMENTS, so no (N, D) copy of
+    the shard ever exists; without sampling the whole shard is one block, a view, so each GEMM
+    runs once over it. With ``step`` every block has that many rows (views of an unsampled shard).
     """
-    if index is None:
+    if index is None and step is None:
         yield slice(0, num_rows), weight
         return
-    step = max(1, BLOCK_ELEMENTS // max(1, weight.shape[1]))
+    if step is None:
+        step = max(1, BLOCK_ELEMENTS // max(1, weight.shape[1]))
     for lo in range(0, num_rows, step):
         cols = slice(lo, min(lo + step, num_rows))
         yield cols, weight[cols] if index is None else weight.index_select(0, index[cols])

@@ -11,11 +11,14 @@ rows taking part this step (the shard, or its sampled rows in ``index``).
   The target column is left out: every target logit comes from the margin, applied per row in
   PyTorch under a small autograd graph, exactly as the reference does, and is folded in after.
 * The ranks combine ``(max, sum-exp, target)`` with one collective, as the reference does.
-* Backward, two kernels that recompute the logit tiles from the saved row log-sum-exp:
-  ``dX`` (split-K over the class tiles, partial sums added in PyTorch) and ``dW`` (one program
-  per class tile and output column chunk, looping over the whole batch), written straight into
-  the values of the sparse gradient. The normalisation term of ``dW_j`` needs ``dW_j . w_j``,
-  which equals ``sum_i G_ij * (x_i . w_j)``: the kernel has both factors in registers.
+* Backward, in chunks of class rows: a kernel recomputes each logit tile from the saved row
+  log-sum-exp and writes the chunk's ``d loss / d (x . w_j)`` (B x chunk, in the GEMM dtype),
+  with per-row-block column sums for the normalisation and bias terms; two cuBLAS GEMMs then add
+  the chunk's share to dX (split-K over the chunks, in float32) and write its rows of dW straight
+  into the values of the sparse gradient. The normalisation term of ``dW_j`` needs
+  ``dW_j . w_j``, which equals ``sum_i G_ij * (x_i . w_j)``: the kernel has both factors in
+  registers. The logits are computed twice in all (forward, backward), never stored; at most one
+  chunk of their gradient exists at a time.
 
 The GEMM runs in the embeddings' dtype (bf16/fp16 under autocast, float32 otherwise, with TF32
 only when ``torch.backends.cuda.matmul.allow_tf32`` allows it); the centres stay float32 in
@@ -29,7 +32,15 @@ import math
 import torch
 
 from partialfc.distributed import combine_softmax_stats
-from partialfc.heads._core import NORM_EPS, CoreOptions, _row_indices, _sparse_rows_grad
+from partialfc.heads._core import (
+    NORM_EPS,
+    CoreOptions,
+    _blocks,
+    _mm,
+    _mm_into,
+    _row_indices,
+    _sparse_rows_grad,
+)
 
 try:
     import triton
@@ -66,23 +77,13 @@ def check_fused_device(device: torch.device) -> None:
         )
 
 
-# Autotuning candidates on a GPU, tuned per (B, D): block sizes, then warps and stages. BLOCK_M
-# and BLOCK_N tile the batch and the class rows, BLOCK_K is the logit GEMM's reduction chunk and
-# BLOCK_DO the output columns of one dX / dW program (D / BLOCK_DO programs recompute a tile).
+# Autotuning candidates on a GPU, tuned per (B, D): (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages).
+# BLOCK_M and BLOCK_N tile the batch and the class rows, BLOCK_K is the logit GEMM's reduction chunk.
 STATS_CONFIGS = [(128, 128, 64, 8, 3), (64, 128, 64, 4, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 4)]
-GRAD_X_CONFIGS = [
-    (64, 64, 64, 128, 4, 3),
-    (128, 64, 64, 128, 8, 3),
-    (64, 128, 64, 128, 8, 3),
-    (64, 64, 64, 256, 8, 3),
-]
-GRAD_W_CONFIGS = [
-    (64, 64, 64, 128, 4, 3),
-    (64, 128, 64, 128, 8, 3),
-    (64, 64, 64, 256, 8, 3),
-    (32, 128, 64, 128, 4, 3),
-]
-MAX_SPLITS = 64  # class-tile splits of the forward and dX kernels (their partial results)
+GRAD_CONFIGS = [(128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (64, 64, 64, 4, 4)]
+MAX_SPLITS = 64  # class-tile splits of the forward kernel (its partial results)
+CHUNK_ELEMENTS = 1 << 24  # backward: at most this many elements of the logits' gradient at once
+INTERPRETER_CHUNK = 32  # rows per backward chunk under the interpreter: small tests span several
 
 
 def _num_splits(batch: int, device: torch.device, per_sm: int = 4) -> int:
@@ -92,6 +93,15 @@ def _num_splits(batch: int, device: torch.device, per_sm: int = 4) -> int:
         return 2
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(MAX_SPLITS, math.ceil(per_sm * sms / math.ceil(batch / 64))))
+
+
+def _chunk_rows(batch: int, num_rows: int) -> int:
+    """Class rows per backward chunk: (B, chunk) gradient elements at most CHUNK_ELEMENTS, a
+    multiple of 256 (whole tiles) and no more than the rows taking part."""
+    if interpreting():
+        return max(1, min(INTERPRETER_CHUNK, num_rows))
+    rows = max(256, CHUNK_ELEMENTS // max(1, batch) // 256 * 256)
+    return max(1, min(rows, num_rows))
 
 
 def _configs(shapes: list[tuple[int, ...]], names: tuple[str, ...]) -> list:
@@ -104,6 +114,11 @@ def _configs(shapes: list[tuple[int, ...]], names: tuple[str, ...]) -> list:
                       num_stages=shape[-1])
         for shape in shapes
     ]  # fmt: skip
+
+
+def _min_block_m() -> int:
+    """The smallest BLOCK_M the gradient kernel may run with: rows of its column-sum partials."""
+    return 16 if interpreting() else min(c[0] for c in GRAD_CONFIGS)
 
 
 if triton is not None:
@@ -285,101 +300,44 @@ if triton is not None:
         return grad, grad * col_scale[None, :], raw, wrow
 
     @triton.autotune(
-        configs=_configs(GRAD_X_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_DO")),
+        configs=_configs(GRAD_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K")),
         key=["B", "D"],
+        reset_to_zero=["dots_ptr", "dbias_ptr"],  # rows of a smaller BLOCK_M's trial run
     )
     @triton.jit
-    def _grad_x_kernel(
-        x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, out_ptr,
-        B, N, D, stride_x, stride_w, SPLITS, scale, threshold, g_ptr,
+    def _grad_chunk_kernel(
+        x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, out_ptr, dots_ptr, dbias_ptr,
+        B, N, D, stride_x, stride_w, first, width, stride_out, scale, threshold, g_ptr,
         USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
         FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
-        """Partial dX of one split of the class tiles: out[split, rows, d-chunk]."""
+        """One tile of a chunk of ``width`` classes from column ``first``: d loss / d raw logit
+        into ``out[rows, cols - first]`` (the GEMM dtype), and this row block's column sums of
+        ``G_raw * raw`` (``dots``, the norm term) and of ``G`` (``dbias``), row ``pid_m``."""
         pid_m = tl.program_id(0)
-        split = tl.program_id(1)
-        pid_d = tl.program_id(2)
+        local = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < B
-        dd = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-        d_ok = dd < D
-        acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=tl.float32)
-        first, last = _split_range(N, SPLITS, split, BLOCK_N)
-        for tile in range(first, last):
-            cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            col_ok = cols < N
-            _, graw, _, wrow = _grad_tile(
-                x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols,
-                col_ok, D, stride_x, stride_w, scale, threshold, g_ptr, USE_INDEX, NORMALIZE_W,
-                HAS_BIAS, FILTER, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
-            )  # fmt: skip
-            w_out = tl.load(
-                w_ptr + wrow[:, None] * stride_w + dd[None, :],
-                mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            dtype = x_ptr.dtype.element_ty
-            acc = _mma(graw, w_out, acc, dtype, PRECISION, UPCAST)
-        out = out_ptr + split * B * D + rows[:, None] * D + dd[None, :]
-        tl.store(out, acc, mask=row_ok[:, None] & d_ok[None, :])
-
-    @triton.autotune(
-        configs=_configs(GRAD_W_CONFIGS, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_DO")),
-        key=["B", "D"],
-    )
-    @triton.jit
-    def _grad_w_kernel(
-        x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, gw_ptr, gb_ptr,
-        B, N, D, stride_x, stride_w, scale, threshold, g_ptr,
-        USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr, BLOCK_DO: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    ):  # fmt: skip
-        """dW of one class tile and output chunk (all of B), straight into the sparse values."""
-        tile = tl.program_id(0)
-        pid_d = tl.program_id(1)
-        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        dd = pid_d * BLOCK_DO + tl.arange(0, BLOCK_DO)
-        d_ok = dd < D
-        acc = tl.zeros((BLOCK_N, BLOCK_DO), dtype=tl.float32)
-        dots = tl.zeros((BLOCK_N,), dtype=tl.float32)  # dW_j . w_j, for the norm's term
-        dbias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        wrow = _centre_rows(idx_ptr, cols, col_ok, USE_INDEX)
-        for r0 in range(0, B, BLOCK_M):
-            rows = r0 + tl.arange(0, BLOCK_M)
-            row_ok = rows < B
-            grad, graw, raw, _ = _grad_tile(
-                x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols,
-                col_ok, D, stride_x, stride_w, scale, threshold, g_ptr, USE_INDEX, NORMALIZE_W,
-                HAS_BIAS, FILTER, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
-            )  # fmt: skip
-            x_out = tl.load(
-                x_ptr + rows[:, None] * stride_x + dd[None, :],
-                mask=row_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            acc = _mma(tl.trans(graw), x_out, acc, x_out.dtype, PRECISION, UPCAST)
-            if NORMALIZE_W:
-                dots += tl.sum(graw * raw, axis=0)
-            if HAS_BIAS:
-                dbias += tl.sum(grad, axis=0)
-        if NORMALIZE_W:  # w_j / |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j
-            inv = tl.load(inv_ptr + cols, mask=col_ok, other=0.0)
-            w_out = tl.load(
-                w_ptr + wrow[:, None] * stride_w + dd[None, :],
-                mask=col_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            acc -= (dots * inv * inv)[:, None] * w_out
+        col_ok = local < width
+        cols = first + local
+        grad, graw, raw, _ = _grad_tile(
+            x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols,
+            col_ok, D, stride_x, stride_w, scale, threshold, g_ptr, USE_INDEX, NORMALIZE_W,
+            HAS_BIAS, FILTER, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+        )  # fmt: skip
+        stored = graw
+        if UPCAST:  # the interpreter's own float32 -> bf16 cast truncates
+            stored = _round_bf16(graw)
         tl.store(
-            gw_ptr + cols.to(tl.int64)[:, None] * D + dd[None, :],
-            acc.to(gw_ptr.dtype.element_ty),
-            mask=col_ok[:, None] & d_ok[None, :],
+            out_ptr + rows.to(tl.int64)[:, None] * stride_out + local[None, :],
+            stored.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & col_ok[None, :],
         )
-        if HAS_BIAS and pid_d == 0:
-            tl.store(gb_ptr + cols, (dbias * scale).to(gb_ptr.dtype.element_ty), mask=col_ok)
+        if NORMALIZE_W:
+            tl.store(dots_ptr + pid_m * stride_out + local, tl.sum(graw * raw, axis=0), mask=col_ok)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + pid_m * stride_out + local, tl.sum(grad, axis=0), mask=col_ok)
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -456,49 +414,29 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: torch.Tensor):
+        with torch.autocast(grad_loss.device.type, enabled=False):  # the dtypes are explicit
+            return _FusedMarginSoftmaxLoss._backward(ctx, grad_loss)
+
+    @staticmethod
+    def _backward(ctx, grad_loss: torch.Tensor):
         if ctx.consumed:
             raise RuntimeError("PartialFC's loss was back-propagated twice (retain_graph=True)")
         ctx.consumed = True
         xg, weight, bias, index, inv_norm, lse, tcol, col, has, t_local = ctx.saved_tensors
-        opts, splits = ctx.opts, ctx.splits
-        margin = opts.margin
+        opts = ctx.opts
         x_leaf, w_leaf, b_leaf, target = ctx.graph
         batch, dim = xg.shape
         num_rows = weight.shape[0] if index is None else index.numel()
         device = xg.device
-        g = (grad_loss.to(torch.float32) / batch).reshape(1)  # on the device: no host sync
-        flags = _flags(bias, index, opts)
-        index_c, bias_c = _optional_pointers(index, bias, tcol, weight)
-        common = dict(
-            B=batch, N=num_rows, D=dim, stride_x=xg.stride(0), stride_w=weight.stride(0),
-            scale=float(margin.scale), threshold=float(opts.filter_threshold or 0.0), g_ptr=g,
-            **flags, PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype),
-        )  # fmt: skip
+        f32 = torch.float32
+        g = (grad_loss.to(f32) / batch).reshape(1)  # on the device: no host sync
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
-        grad_x = grad_weight = grad_bias = None
-        if want_x:
-            partial = torch.empty((splits, batch, dim), dtype=torch.float32, device=device)
-            grid_x = lambda meta: (  # noqa: E731
-                triton.cdiv(batch, meta["BLOCK_M"]),
-                splits,
-                triton.cdiv(dim, meta["BLOCK_DO"]),
-            )
-            _grad_x_kernel[grid_x](
-                xg, weight, index_c, bias_c, inv_norm, tcol, lse, partial, SPLITS=splits, **common
-            )
-            grad_x = partial.sum(0)
-        grad_w = grad_b = None
-        if want_w or want_b:
-            grad_w = torch.empty((num_rows, dim), dtype=weight.dtype, device=device)
-            grad_b = torch.zeros(num_rows, dtype=bias.dtype, device=device) if want_b else None
-            grid_w = lambda meta: (  # noqa: E731
-                triton.cdiv(num_rows, meta["BLOCK_N"]),
-                triton.cdiv(dim, meta["BLOCK_DO"]),
-            )
-            _grad_w_kernel[grid_w](
-                xg, weight, index_c, bias_c, inv_norm, tcol, lse, grad_w,
-                grad_b if grad_b is not None else grad_w, **common,
-            )  # fmt: skip
+        grad_x = torch.zeros((batch, dim), dtype=f32, device=device) if want_x else None
+        grad_w = weight.new_empty((num_rows, dim)) if want_w else None
+        grad_b = bias.new_zeros(num_rows) if want_b else None
+        if num_rows and (want_x or want_w or want_b):
+            grads = (grad_x, grad_w, grad_b)
+            _chunked_grads(opts, xg, weight, bias, index, inv_norm, lse, tcol, g, num_rows, grads)
 
         # The target logits: d loss / d target = g * (p_target - 1) where this shard owns it.
         p_target = torch.exp(t_local - lse)
@@ -514,6 +452,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
             if b_leaf is not None and id(b_leaf) in parts and grad_b is not None:
                 grad_b.index_add_(0, col, parts[id(b_leaf)].to(grad_b.dtype))
         rows = _row_indices(index, weight.shape[0], device)
+        grad_weight = grad_bias = None
         if want_w:
             grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
         if want_b:
@@ -526,6 +465,62 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
             grad_x = grad_x.to(ctx.x_dtype)
         ctx.graph = None
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _chunked_grads(
+    opts: CoreOptions,
+    xg: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    index: torch.Tensor | None,
+    inv_norm: torch.Tensor,
+    lse: torch.Tensor,
+    tcol: torch.Tensor,
+    g: torch.Tensor,
+    num_rows: int,
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+) -> None:
+    """The GEMM part of the gradients, one chunk of class rows at a time.
+
+    For each chunk the kernel writes ``G_raw`` = d loss / d (x . w_j) (B x chunk, GEMM dtype) and
+    column-sum partials; then ``grad_x += G_raw @ W_chunk`` and ``grad_w[chunk] = G_raw^T @ X``
+    minus its component along ``w_j`` (the norm's term), ``grad_b[chunk] = s * sum_i G_ij``.
+    Rounding follows the reference: the GEMM operands in the GEMM dtype, dW rows cast to float32.
+    """
+    grad_x, grad_w, grad_b = grads  # (B, D) float32, (N, D) and (N,) values; None: not wanted
+    batch, dim = xg.shape
+    device = xg.device
+    chunk = _chunk_rows(batch, num_rows)
+    graw = torch.empty((batch, chunk), dtype=xg.dtype, device=device)
+    parts = triton.cdiv(batch, _min_block_m())
+    dots = torch.zeros((parts, chunk), dtype=torch.float32, device=device)
+    dbias = torch.zeros((parts, chunk), dtype=torch.float32, device=device)
+    index_c, bias_c = _optional_pointers(index, bias, tcol, weight)
+    flags = _flags(bias, index, opts)
+    scale = float(opts.margin.scale)
+    for cols, w in _blocks(weight, index, num_rows, step=chunk):
+        width = cols.stop - cols.start
+        g_raw = graw[:, :width]
+        grid = lambda meta, width=width: (  # noqa: E731
+            triton.cdiv(batch, meta["BLOCK_M"]),
+            triton.cdiv(width, meta["BLOCK_N"]),
+        )
+        _grad_chunk_kernel[grid](
+            xg, weight, index_c, bias_c, inv_norm, tcol, lse, g_raw, dots, dbias,
+            batch, num_rows, dim, xg.stride(0), weight.stride(0), cols.start, width, chunk,
+            scale, float(opts.filter_threshold or 0.0), g, **flags,
+            PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype),
+        )  # fmt: skip
+        if grad_x is not None:
+            grad_x += _mm(g_raw, w, opts.gemm_dtype)
+        if grad_w is not None:
+            gw = grad_w[cols]  # rows of the contiguous (N, D) sparse values: written in place
+            _mm_into(gw, g_raw.t(), xg, opts.gemm_dtype)
+            if flags["NORMALIZE_W"]:  # w_j / |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j
+                coef = dots[:, :width].sum(0) * inv_norm[cols].square()
+                gw.addcmul_(w, coef.unsqueeze(1).to(w.dtype), value=-1.0)
+        if grad_b is not None:
+            grad_b[cols] = (dbias[:, :width].sum(0) * scale).to(grad_b.dtype)
 
 
 def _optional_pointers(

@@ -184,7 +184,7 @@ def test_kernels_compile_for_hopper_without_a_gpu() -> None:
         capture_output=True, text=True, check=True, timeout=600,
     )  # fmt: skip
     rows = json.loads(out.stdout)
-    assert {r["kernel"] for r in rows} == {"_stats_kernel", "_grad_x_kernel", "_grad_w_kernel"}
+    assert {r["kernel"] for r in rows} == {"_stats_kernel", "_grad_chunk_kernel"}
     for r in rows:
         assert r["wgmma"] > 0, r
         assert 0 < r["registers"] <= 255 and r["shared_bytes"] <= 227 * 1024, r
