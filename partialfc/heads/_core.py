@@ -215,16 +215,15 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         if filtered is not None:
             grad.masked_fill_(filtered, 0.0)
 
-        grad_bias = None
+        grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            rows = _row_indices(index, weight.shape[0], grad.device)
-            grad_bias = _sparse_rows_grad(rows, grad.sum(0) * margin.scale, (weight.shape[0],))
+            grad_b = grad.sum(0) * margin.scale
         if inv_norm is not None:  # now d loss / d (x . w_j) with the norm held constant
             grad.mul_(inv_norm * margin.scale)
         elif margin.scale != 1.0:
             grad.mul_(margin.scale)
 
-        grad_x = grad_w = grad_weight = None
+        grad_x = grad_w = None
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if want_x:
             grad_x = torch.zeros_like(x)  # (B, D)
@@ -246,23 +245,52 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         del xg
         del grad, probs
 
-        if grad_target is not None:
-            wanted = [t for t in (x_leaf, w_leaf) if t.requires_grad]
-            parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
-            parts = dict(zip([id(t) for t in wanted], parts, strict=True))
-            if id(x_leaf) in parts:
-                grad_x = grad_x + parts[id(x_leaf)]
-            if id(w_leaf) in parts:  # num_rows > 0 here, so col is a valid row of grad_w
-                grad_w.index_add_(0, col, parts[id(w_leaf)].to(grad_w.dtype))
-        if want_w:
-            rows = _row_indices(index, weight.shape[0], grad_w.device)
-            grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
-        if opts.marks is not None:
-            opts.marks.data_ptrs = {
-                t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
-            }
+        grad_x, grad_weight, grad_bias = finish_backward(
+            (x_leaf, w_leaf, None), target, grad_target, (grad_x, grad_w, grad_b), col, index,
+            tuple(weight.shape), opts.marks,
+        )  # fmt: skip
         ctx.graph = None
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+def finish_backward(
+    leaves: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    target: torch.Tensor | None,
+    grad_target: torch.Tensor | None,
+    grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    col: torch.Tensor,
+    index: torch.Tensor | None,
+    shape: tuple[int, int],
+    marks: SparseGradMarks | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The common tail of both backwards: the target logits' gradient and the sparse outputs.
+
+    ``grad_target`` is back-propagated through the small graph that made ``target`` from the
+    ``leaves`` (x, the target rows of W, of the bias; None or not requiring grad: skipped); the
+    part for x is added to dX, the parts for rows are added at ``col`` into the (N, D) and (N,)
+    values of dW and db. Those values then become sparse COO gradients of the shard of ``shape``,
+    marked as the head's own (see :class:`SparseGradMarks`). Returns (dX, dW, db); None where
+    ``grads`` had None.
+    """
+    grad_x, grad_w, grad_b = grads
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    if target is not None and grad_target is not None and wanted:
+        parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
+        parts = dict(zip([id(t) for t in wanted], parts, strict=True))
+        x_leaf, w_leaf, b_leaf = leaves
+        if id(x_leaf) in parts:  # requires grad exactly when dX is wanted, so grad_x is a tensor
+            grad_x = grad_x + parts[id(x_leaf)]
+        for leaf, values in ((w_leaf, grad_w), (b_leaf, grad_b)):
+            if leaf is not None and id(leaf) in parts and values is not None:
+                values.index_add_(0, col, parts[id(leaf)].to(values.dtype))
+    rows = _row_indices(index, shape[0], col.device)
+    grad_weight = None if grad_w is None else _sparse_rows_grad(rows, grad_w, tuple(shape))
+    grad_bias = None if grad_b is None else _sparse_rows_grad(rows, grad_b, (shape[0],))
+    if marks is not None:
+        marks.data_ptrs = {
+            t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
+        }
+    return grad_x, grad_weight, grad_bias
 
 
 def _row_indices(index: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:

@@ -38,8 +38,7 @@ from partialfc.heads._core import (
     _blocks,
     _mm,
     _mm_into,
-    _row_indices,
-    _sparse_rows_grad,
+    finish_backward,
 )
 
 try:
@@ -441,26 +440,10 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         # The target logits: d loss / d target = g * (p_target - 1) where this shard owns it.
         p_target = torch.exp(t_local - lse)
         grad_target = torch.where(has, g * (p_target - 1.0), torch.zeros_like(p_target))
-        wanted = [t for t in (x_leaf, w_leaf, b_leaf) if t is not None and t.requires_grad]
-        if wanted:
-            parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
-            parts = dict(zip([id(t) for t in wanted], parts, strict=True))
-            if id(x_leaf) in parts:
-                grad_x = parts[id(x_leaf)].float() if grad_x is None else grad_x + parts[id(x_leaf)]
-            if w_leaf is not None and id(w_leaf) in parts and grad_w is not None:
-                grad_w.index_add_(0, col, parts[id(w_leaf)].to(grad_w.dtype))
-            if b_leaf is not None and id(b_leaf) in parts and grad_b is not None:
-                grad_b.index_add_(0, col, parts[id(b_leaf)].to(grad_b.dtype))
-        rows = _row_indices(index, weight.shape[0], device)
-        grad_weight = grad_bias = None
-        if want_w:
-            grad_weight = _sparse_rows_grad(rows, grad_w, tuple(weight.shape))
-        if want_b:
-            grad_bias = _sparse_rows_grad(rows, grad_b, (weight.shape[0],))
-        if opts.marks is not None:
-            opts.marks.data_ptrs = {
-                t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
-            }
+        grad_x, grad_weight, grad_bias = finish_backward(
+            (x_leaf, w_leaf, b_leaf), target, grad_target, (grad_x, grad_w, grad_b), col, index,
+            tuple(weight.shape), opts.marks,
+        )  # fmt: skip
         if grad_x is not None:
             grad_x = grad_x.to(ctx.x_dtype)
         ctx.graph = None
