@@ -25,7 +25,10 @@ GPU of known peak (``--peak-tflops``/``--peak-tbps`` otherwise), the roofline bo
 the GEMM time at peak and the time to stream the N rows' weight and momentum (about 20 bytes per
 element: read and write both, read the weight again for the GEMMs) at peak bandwidth;
 ``roofline %`` is that bound over the measured median. ``step MiB`` is the peak memory of a step
-beyond what the head holds between steps (centres and momentum), ``peak MiB`` everything.
+beyond what the head holds between steps (centres and momentum), ``peak MiB`` everything. On a GPU
+both come from the caching allocator's counters; on the CPU ``step MiB`` is one extra step counted
+with the profiler's allocation events (what PyTorch allocates: the same tensors a GPU step
+allocates, without the caching allocator's rounding).
 """
 
 from __future__ import annotations
@@ -99,6 +102,34 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _step(head, opt, x, labels, dev, amp) -> torch.Tensor:
+    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+        loss = head(x, labels)
+    loss.backward()
+    opt.step()
+    return loss
+
+
+def _cpu_step_bytes(step) -> int:
+    """Peak bytes PyTorch's CPU allocator holds during ``step()`` beyond what it held before:
+    the profiler's allocation events, summed in time order (frees of older blocks are not
+    reported, so they do not lower the count)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]"
+    )
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
 def worker(
     impl: str,
     classes: int,
@@ -149,10 +180,7 @@ def worker(
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         x.grad = None
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            loss = head(x, labels)
-        loss.backward()
-        opt.step()
+        loss = _step(head, opt, x, labels, dev, amp)
         if cuda:
             end.record()
             torch.cuda.synchronize()
@@ -162,6 +190,12 @@ def worker(
         if i >= warmup:
             times.append(elapsed)
     peak = (torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()) - base
+    if cuda:
+        step_bytes = torch.cuda.max_memory_allocated() - held
+    else:
+        opt.zero_grad(set_to_none=True)
+        x.grad = None
+        step_bytes = _cpu_step_bytes(lambda: _step(head, opt, x, labels, dev, amp))
     rows = classes if rate >= 1.0 else max(int(rate * classes), 1)
     return {
         "impl": impl,
@@ -175,7 +209,7 @@ def worker(
         "median_ms": statistics.median(times) * 1e3,
         "times_ms": [t * 1e3 for t in times],
         "peak_mib": peak / 2**20,
-        "step_mib": (torch.cuda.max_memory_allocated() - held) / 2**20 if cuda else None,
+        "step_mib": step_bytes / 2**20,
         "loss": float(loss),
     }
 
@@ -339,6 +373,8 @@ def _print_row(r: dict, header: bool) -> None:
         ("time x", 6, lambda r: f"{r['time_vs_baseline']:.2f}"),
         ("mem x", 5, lambda r: f"{r['memory_vs_baseline']:.2f}"),
         ("x unfused", 9, lambda r: f"{r['time_vs_unfused']:.2f}" if "time_vs_unfused" in r else "-"),
+        ("step mem x unfused", 18, lambda r: f"{r['step_memory_vs_unfused']:.2f}"
+         if "step_memory_vs_unfused" in r else "-"),
     ]  # fmt: skip
     if header:
         print("| " + " | ".join(f"{name:>{w}}" for name, w, _ in cols) + " |")
