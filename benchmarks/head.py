@@ -4,6 +4,8 @@ One step = forward + backward + optimizer step of the head alone, on synthetic e
 
 * ``partialfc``: ``pfc.PartialFC(ArcFace)`` + ``pfc.SparseSGD`` (sparse rows, lazy momentum).
 * ``fused``: the same head with ``fused=True``: the Triton kernels, no (B, N) logits (CUDA).
+* ``fused-update``: ``fused`` with ``head.fuse_update(opt)``: the SGD update applied chunk by
+  chunk inside backward, so no (N, D) dW values either (CUDA).
 * ``dense-v2`` (the named baseline): the design of insightface's PartialFC_V2, written here: a dense
   (C, D) class-centre Parameter, ``index_select`` of the sampled rows (the whole matrix at rate 1),
   normalised GEMM, ArcFace on the target, fused cross-entropy, ``torch.optim.SGD`` with momentum.
@@ -53,7 +55,8 @@ PRESETS = {
     "quick": dict(classes=[20_000], rates=[0.1, 1.0], batch=128, dim=128),
     "fused": dict(classes=[12_500, 125_000, 1_250_000], rates=[1.0], batch=1024, dim=512),
 }
-IMPLS = ("dense-v2", "partialfc", "fused")
+IMPLS = ("dense-v2", "partialfc", "fused", "fused-update")
+FUSED_IMPLS = ("fused", "fused-update")
 # Dense peaks from the vendors' sheets (bf16/fp16 tensor cores without sparsity, HBM bandwidth).
 PEAKS = {  # name fragment: (FLOP/s, bytes/s); the first fragment found in the device name wins
     "H100 PCIe": (756e12, 2.0e12),
@@ -154,12 +157,14 @@ def worker(
         base = torch.cuda.memory_allocated()
     else:  # the steps' high-water mark dwarfs anything before, so ru_maxrss - base is theirs
         base = _rss_bytes()
-    if impl in ("partialfc", "fused"):
+    if impl in ("partialfc", *FUSED_IMPLS):
         head = pfc.PartialFC(
             pfc.ArcFace(), dim, classes, sample_rate=rate, validate=False, device=dev,
-            fused=impl == "fused",
+            fused=impl in FUSED_IMPLS,
         )  # fmt: skip
         opt = pfc.SparseSGD([head.weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
+        if impl == "fused-update":
+            head.fuse_update(opt)
     else:
         head = DenseV2Baseline(classes, dim, rate).to(dev)
         opt = torch.optim.SGD([head.weight], lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -290,7 +295,7 @@ def main() -> None:
                 r = results[impl]
                 r["time_vs_baseline"] = r["median_ms"] / base["median_ms"]
                 r["memory_vs_baseline"] = r["peak_mib"] / base["peak_mib"]
-                if "partialfc" in results and impl == "fused":
+                if "partialfc" in results and impl in FUSED_IMPLS:
                     unfused = results["partialfc"]
                     r["time_vs_unfused"] = r["median_ms"] / unfused["median_ms"]
                     if r["step_mib"] is not None:
@@ -323,7 +328,7 @@ def main() -> None:
 
 
 def _implementations(args: argparse.Namespace) -> list[str]:
-    chosen = args.impls or [i for i in IMPLS if i != "fused" or args.device == "cuda"]
+    chosen = args.impls or [i for i in IMPLS if i not in FUSED_IMPLS or args.device == "cuda"]
     return [BASELINE, *[i for i in chosen if i != BASELINE]]
 
 

@@ -13,7 +13,7 @@ the full (C_r, D) shard: no dense C_r x D gradient is ever allocated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +57,9 @@ class CoreOptions:
     gemm_dtype: torch.dtype | None  # bf16/fp16 under autocast, None: the inputs' dtype
     group: dist.ProcessGroup | None
     marks: SparseGradMarks | None = None  # records the sparse values produced by backward
+    # The fused backward applies the optimizer to each chunk of dW rows instead of storing dW
+    # (PartialFC.fuse_update): called with (rows: sorted tensor or slice, their dW values).
+    row_update: Callable[[torch.Tensor | slice, torch.Tensor], None] | None = None
 
 
 def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -253,6 +256,44 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
+def target_grads(
+    leaves: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    target: torch.Tensor | None,
+    grad_target: torch.Tensor | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """``grad_target`` back-propagated through the small graph that made the target logits
+    ``target`` from the ``leaves`` (x, the target rows of W, those of the bias). Returns the
+    three gradients, None for a leaf that is None or does not require grad."""
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    if target is None or grad_target is None or not wanted:
+        return None, None, None
+    parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
+    by_id = dict(zip([id(t) for t in wanted], parts, strict=True))
+    return tuple(by_id.get(id(t)) if t is not None else None for t in leaves)
+
+
+def sparse_outputs(
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+    index: torch.Tensor | None,
+    shape: tuple[int, int],
+    marks: SparseGradMarks | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The (N, D) and (N,) values of dW and db as sparse COO gradients of the shard of ``shape``
+    (rows ``index``, or all), marked as the head's own (see :class:`SparseGradMarks`)."""
+    rows = None
+    if grad_w is not None or grad_b is not None:
+        device = (grad_w if grad_w is not None else grad_b).device
+        rows = _row_indices(index, shape[0], device)
+    grad_weight = None if grad_w is None else _sparse_rows_grad(rows, grad_w, tuple(shape))
+    grad_bias = None if grad_b is None else _sparse_rows_grad(rows, grad_b, (shape[0],))
+    if marks is not None:
+        marks.data_ptrs = {
+            t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
+        }
+    return grad_weight, grad_bias
+
+
 def finish_backward(
     leaves: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
     target: torch.Tensor | None,
@@ -263,34 +304,17 @@ def finish_backward(
     shape: tuple[int, int],
     marks: SparseGradMarks | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The common tail of both backwards: the target logits' gradient and the sparse outputs.
-
-    ``grad_target`` is back-propagated through the small graph that made ``target`` from the
-    ``leaves`` (x, the target rows of W, of the bias; None or not requiring grad: skipped); the
-    part for x is added to dX, the parts for rows are added at ``col`` into the (N, D) and (N,)
-    values of dW and db. Those values then become sparse COO gradients of the shard of ``shape``,
-    marked as the head's own (see :class:`SparseGradMarks`). Returns (dX, dW, db); None where
-    ``grads`` had None.
-    """
+    """The common tail of both backwards: the target logits' gradient (:func:`target_grads`)
+    added to dX and, at ``col``, into the values of dW and db; then :func:`sparse_outputs`.
+    Returns (dX, dW, db); None where ``grads`` had None."""
     grad_x, grad_w, grad_b = grads
-    wanted = [t for t in leaves if t is not None and t.requires_grad]
-    if target is not None and grad_target is not None and wanted:
-        parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
-        parts = dict(zip([id(t) for t in wanted], parts, strict=True))
-        x_leaf, w_leaf, b_leaf = leaves
-        if id(x_leaf) in parts:  # requires grad exactly when dX is wanted, so grad_x is a tensor
-            grad_x = grad_x + parts[id(x_leaf)]
-        for leaf, values in ((w_leaf, grad_w), (b_leaf, grad_b)):
-            if leaf is not None and id(leaf) in parts and values is not None:
-                values.index_add_(0, col, parts[id(leaf)].to(values.dtype))
-    rows = _row_indices(index, shape[0], col.device)
-    grad_weight = None if grad_w is None else _sparse_rows_grad(rows, grad_w, tuple(shape))
-    grad_bias = None if grad_b is None else _sparse_rows_grad(rows, grad_b, (shape[0],))
-    if marks is not None:
-        marks.data_ptrs = {
-            t._values().data_ptr() for t in (grad_weight, grad_bias) if t is not None
-        }
-    return grad_x, grad_weight, grad_bias
+    part_x, part_w, part_b = target_grads(leaves, target, grad_target)
+    if part_x is not None:  # x requires grad exactly when dX is wanted: grad_x is a tensor
+        grad_x = grad_x + part_x
+    for part, values in ((part_w, grad_w), (part_b, grad_b)):
+        if part is not None and values is not None:
+            values.index_add_(0, col, part.to(values.dtype))
+    return (grad_x, *sparse_outputs(grad_w, grad_b, index, shape, marks))
 
 
 def _row_indices(index: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:

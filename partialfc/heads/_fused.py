@@ -19,6 +19,8 @@ rows taking part this step (the shard, or its sampled rows in ``index``).
   ``dW_j . w_j``, which equals ``sum_i G_ij * (x_i . w_j)``: the kernel has both factors in
   registers. The logits are computed twice in all (forward, backward), never stored; at most one
   chunk of their gradient exists at a time.
+* Optionally (``PartialFC.fuse_update``) dW is not stored either: each chunk's rows go through
+  the SparseSGD update as soon as they are computed, so no (N, D) array exists in the step.
 
 The GEMM runs in the embeddings' dtype (bf16/fp16 under autocast, float32 otherwise, with TF32
 only when ``torch.backends.cuda.matmul.allow_tf32`` allows it); the centres stay float32 in
@@ -28,6 +30,7 @@ memory and are cast tile by tile; scale, margin, exp and every statistic are flo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +41,8 @@ from partialfc.heads._core import (
     _blocks,
     _mm,
     _mm_into,
-    finish_backward,
+    sparse_outputs,
+    target_grads,
 )
 
 try:
@@ -407,6 +411,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         ctx.graph = (x_leaf, w_leaf, b_leaf, target)
         ctx.save_for_backward(xg, weight_c, bias, index, inv_norm, lse, tcol, col, has, t_local)
         ctx.x_dtype = x.dtype
+        ctx.loss = loss.detach()  # a fused optimizer update is skipped when it is not finite
         ctx.consumed = False
         return loss.to(x.dtype)
 
@@ -430,20 +435,34 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         f32 = torch.float32
         g = (grad_loss.to(f32) / batch).reshape(1)  # on the device: no host sync
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        update = opts.row_update if want_w else None
+        if update is not None:
+            # The trainer skips a step whose loss is not finite; so does the in-place update. The
+            # one host sync of this mode (the trainer syncs on the loss each step anyway).
+            if not bool((torch.isfinite(ctx.loss) & torch.isfinite(g)).all()):
+                update = None
+            want_w = False  # no dW stored: each chunk's rows are updated in place instead
         grad_x = torch.zeros((batch, dim), dtype=f32, device=device) if want_x else None
         grad_w = weight.new_empty((num_rows, dim)) if want_w else None
         grad_b = bias.new_zeros(num_rows) if want_b else None
-        if num_rows and (want_x or want_w or want_b):
-            grads = (grad_x, grad_w, grad_b)
-            _chunked_grads(opts, xg, weight, bias, index, inv_norm, lse, tcol, g, num_rows, grads)
 
         # The target logits: d loss / d target = g * (p_target - 1) where this shard owns it.
         p_target = torch.exp(t_local - lse)
         grad_target = torch.where(has, g * (p_target - 1.0), torch.zeros_like(p_target))
-        grad_x, grad_weight, grad_bias = finish_backward(
-            (x_leaf, w_leaf, b_leaf), target, grad_target, (grad_x, grad_w, grad_b), col, index,
-            tuple(weight.shape), opts.marks,
-        )  # fmt: skip
+        part_x, part_w, part_b = target_grads((x_leaf, w_leaf, b_leaf), target, grad_target)
+        if num_rows and (want_x or want_w or want_b or update is not None):
+            grads = (grad_x, grad_w, grad_b)
+            _chunked_grads(
+                opts, xg, weight, bias, index, inv_norm, lse, tcol, g, num_rows, grads,
+                (part_w, col), update,
+            )  # fmt: skip
+        if part_x is not None:  # x requires grad exactly when dX is wanted
+            grad_x += part_x
+        if part_b is not None and grad_b is not None:
+            grad_b.index_add_(0, col, part_b.to(grad_b.dtype))
+        grad_weight, grad_bias = sparse_outputs(
+            grad_w, grad_b, index, tuple(weight.shape), opts.marks
+        )
         if grad_x is not None:
             grad_x = grad_x.to(ctx.x_dtype)
         ctx.graph = None
@@ -462,18 +481,25 @@ def _chunked_grads(
     g: torch.Tensor,
     num_rows: int,
     grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    target_w: tuple[torch.Tensor | None, torch.Tensor],
+    update: Callable[[torch.Tensor | slice, torch.Tensor], None] | None = None,
 ) -> None:
     """The GEMM part of the gradients, one chunk of class rows at a time.
 
     For each chunk the kernel writes ``G_raw`` = d loss / d (x . w_j) (B x chunk, GEMM dtype) and
     column-sum partials; then ``grad_x += G_raw @ W_chunk`` and ``grad_w[chunk] = G_raw^T @ X``
-    minus its component along ``w_j`` (the norm's term), ``grad_b[chunk] = s * sum_i G_ij``.
-    Rounding follows the reference: the GEMM operands in the GEMM dtype, dW rows cast to float32.
+    minus its component along ``w_j`` (the norm's term), plus the target rows' gradient
+    ``target_w`` = (values (B, D), their columns) that falls in the chunk; ``grad_b[chunk] =
+    s * sum_i G_ij``. With ``update`` the chunk's dW rows go to it (one chunk-sized buffer)
+    instead of into ``grad_w``. Rounding follows the reference: the GEMM operands in the GEMM
+    dtype, dW rows cast to float32.
     """
     grad_x, grad_w, grad_b = grads  # (B, D) float32, (N, D) and (N,) values; None: not wanted
+    part_w, col = target_w
     batch, dim = xg.shape
     device = xg.device
     chunk = _chunk_rows(batch, num_rows)
+    rows_buf = weight.new_empty((chunk, dim)) if update is not None else None
     graw = torch.empty((batch, chunk), dtype=xg.dtype, device=device)
     parts = triton.cdiv(batch, _min_block_m())
     dots = torch.zeros((parts, chunk), dtype=torch.float32, device=device)
@@ -496,12 +522,20 @@ def _chunked_grads(
         )  # fmt: skip
         if grad_x is not None:
             grad_x += _mm(g_raw, w, opts.gemm_dtype)
-        if grad_w is not None:
-            gw = grad_w[cols]  # rows of the contiguous (N, D) sparse values: written in place
+        if grad_w is not None or rows_buf is not None:
+            # Rows of the contiguous (N, D) sparse values, written in place; or the update's buffer.
+            gw = grad_w[cols] if rows_buf is None else rows_buf[:width]
             _mm_into(gw, g_raw.t(), xg, opts.gemm_dtype)
             if flags["NORMALIZE_W"]:  # w_j / |w_j|: dW_j -= (dW_j . w_j) / |w_j|^2 * w_j
                 coef = dots[:, :width].sum(0) * inv_norm[cols].square()
                 gw.addcmul_(w, coef.unsqueeze(1).to(w.dtype), value=-1.0)
+            if part_w is not None:  # the target rows in this chunk; the others add zero (no sync)
+                local = col - cols.start
+                inside = ((local >= 0) & (local < width)).unsqueeze(1)
+                values = torch.where(inside, part_w, 0.0).to(gw.dtype)
+                gw.index_add_(0, local.clamp(0, width - 1), values)
+            if update is not None:
+                update(cols if index is None else index[cols], gw)
         if grad_b is not None:
             grad_b[cols] = (dbias[:, :width].sum(0) * scale).to(grad_b.dtype)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 
@@ -26,6 +27,7 @@ from partialfc.heads._fused import (
     triton_available,
 )
 from partialfc.margins import Margin
+from partialfc.optim import SparseSGD
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ class PartialFC(nn.Module):
         )
         self.step = 0  # forward calls so far; with (seed, rank) it seeds the sampling
         self.last_index: torch.Tensor | None = None
+        self._row_update = None  # set by fuse_update
         self._marks = SparseGradMarks()
         for param in (self.weight, self.bias):
             if param is not None:
@@ -211,6 +214,7 @@ class PartialFC(nn.Module):
             gemm_dtype=gemm_dtype,
             group=group,
             marks=self._marks,
+            row_update=self._row_update,
         )
         num_rows = self.num_local if index is None else index.numel()
         core = fused_margin_softmax_loss if self._use_fused(x) and num_rows else margin_softmax_loss
@@ -221,6 +225,38 @@ class PartialFC(nn.Module):
         )
         self.step += 1
         return loss
+
+    def fuse_update(self, optimizer: SparseSGD | None) -> None:
+        """Let the fused backward apply ``optimizer``'s update to the class centres itself.
+
+        Each chunk of dW rows goes through :meth:`SparseSGD.update_rows` as soon as it is
+        computed, so the step never holds the (N, D) values of the sparse gradient (244 MiB at
+        125k rows and D = 512): ``self.weight.grad`` stays None, and ``optimizer.step()``, still
+        called every step, updates whatever else it holds (the bias) and skips the centres. The
+        update is the same as ``step()``'s; a backward whose loss is not finite updates nothing.
+        It takes effect where the fused kernels run; elsewhere the gradient is stored and
+        ``step()`` applies it as usual. ``None`` turns it off.
+
+        The update happens during ``backward()``, so exactly one backward may precede each
+        ``step()``: no gradient accumulation, no loss scaling (fp16 GradScaler), no gradient
+        clipping of the centres. The trainer refuses those combinations (``head.fused_update``).
+
+        Raises:
+            ValueError: the head is ``fused=False``, or ``optimizer`` is not a SparseSGD holding
+                ``self.weight``.
+        """
+        if optimizer is None:
+            self._row_update = None
+            return
+        if self.fused is False:
+            raise ValueError("fuse_update needs fused=True or 'auto': the reference path stores dW")
+        if not isinstance(optimizer, SparseSGD):
+            raise ValueError(
+                f"fuse_update needs a partialfc.SparseSGD, got {type(optimizer).__name__}"
+            )
+        if not any(p is self.weight for g in optimizer.param_groups for p in g["params"]):
+            raise ValueError("fuse_update: the optimizer does not hold this head's weight")
+        self._row_update = functools.partial(optimizer.update_rows, self.weight)
 
     def _use_fused(self, x: torch.Tensor) -> bool:
         if self.fused == "auto":

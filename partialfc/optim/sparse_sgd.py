@@ -72,16 +72,7 @@ class SparseSGD(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if group["momentum"] != 0 and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                    if group["dampening"] != 0:
-                        # With zeros, buf = m*0 + (1-d)*g would differ from torch.optim.SGD's
-                        # first-update rule buf = g; a per-row flag keeps the rules identical.
-                        rows = p.shape[0] if p.dim() else 1
-                        state["row_seen"] = torch.zeros(rows, dtype=torch.bool, device=p.device)
+                state = self._state(p, group)
                 grad = p.grad
                 if grad.is_sparse:
                     grad = grad.coalesce()
@@ -94,6 +85,42 @@ class SparseSGD(Optimizer):
                     grad = values  # every row present: coalesced rows are 0..n-1 in order
                 self._update_dense(p, grad, state, group)
         return loss
+
+    @torch.no_grad()
+    def update_rows(
+        self, p: torch.Tensor, rows: torch.Tensor | slice, values: torch.Tensor
+    ) -> None:
+        """Apply this optimizer's step, now, to the rows ``rows`` of ``p`` whose gradient is
+        ``values`` (one row of values per row named): exactly what :meth:`step` does with a
+        sparse gradient holding those rows. ``rows`` is a sorted tensor of unique row numbers, or
+        a slice (updated in place on views). The fused head calls this from its backward, chunk
+        by chunk (:meth:`partialfc.PartialFC.fuse_update`), so the gradient is never stored.
+        """
+        group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
+        if group is None:
+            raise ValueError("update_rows: the tensor is not a parameter of this optimizer")
+        state = self._state(p, group)
+        if isinstance(rows, slice):
+            buf_all, seen_all = state.get("momentum_buffer"), state.get("row_seen")
+            buf = buf_all[rows] if buf_all is not None else None
+            seen = seen_all[rows] if seen_all is not None else None
+            _sgd_rule(p[rows], values, buf, seen, group)
+            if seen is not None:
+                seen.fill_(True)
+        elif rows.numel():
+            self._update_rows(p, rows, values, state, group)
+
+    def _state(self, p: torch.Tensor, group: dict) -> dict:
+        """``p``'s state, with its momentum buffer (and first-update flags) created if new."""
+        state = self.state[p]
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["dampening"] != 0:
+                # With zeros, buf = m*0 + (1-d)*g would differ from torch.optim.SGD's
+                # first-update rule buf = g; a per-row flag keeps the rules identical.
+                rows = p.shape[0] if p.dim() else 1
+                state["row_seen"] = torch.zeros(rows, dtype=torch.bool, device=p.device)
+        return state
 
     def _update_rows(
         self, p: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, state: dict, group: dict

@@ -119,6 +119,8 @@ class HeadConfig:
     """Zero non-target cosines above this (0 disables)."""
     fused: str = "off"
     """Triton kernels that never store the logits: on, off, or auto (on with CUDA)."""
+    fused_update: bool = False
+    """The fused backward applies the centres' SGD update chunk by chunk: no dW is stored."""
 
     def __post_init__(self) -> None:
         _check(
@@ -138,6 +140,11 @@ class HeadConfig:
             self.fused in FUSED,
             "head.fused",
             f"must be one of {tuple(FUSED)}, got {self.fused!r}",
+        )
+        _check(
+            not self.fused_update or self.fused != "off",
+            "head.fused_update",
+            "needs head.fused = 'on' or 'auto' (the reference path stores dW)",
         )
         try:
             self.build_margin()
@@ -299,6 +306,21 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
     metrics: MetricsConfig
+
+    def __post_init__(self) -> None:
+        if self.head.fused_update:  # the centres are updated inside backward
+            _check(
+                self.train.precision != "fp16",
+                "head.fused_update",
+                "would update the centres with the fp16 loss scale still in the gradient: use "
+                "train.precision = 'bf16' or 'fp32'",
+            )
+            _check(
+                self.train.grad_accum == 1,
+                "head.fused_update",
+                f"needs train.grad_accum = 1 (each backward updates the centres), got "
+                f"{self.train.grad_accum}",
+            )
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

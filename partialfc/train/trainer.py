@@ -105,6 +105,8 @@ class Trainer:
         self.opt_head = SparseSGD(
             head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
         )
+        if cfg.head.fused_update:  # the fused backward updates the centres: no dW is stored
+            self.head.fuse_update(self.opt_head)
         # One scaler for both optimizers: one loss scale, each optimizer skips on its own infs.
         self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.train.precision == "fp16")
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * len(self.loader)

@@ -72,3 +72,35 @@ def test_fused_head_trains_like_the_reference_head(tmp_path, precision: str) -> 
     )
     scale = float(ref_trainer.head.weight.abs().max())
     assert_close(fused_trainer.head.weight, ref_trainer.head.weight, rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_update_trains_like_the_fused_head(tmp_path, precision: str) -> None:
+    """head.fused_update: the centres updated inside backward, the same run as fused + step()."""
+    pytest.importorskip("triton")
+    base, r_base = _run(tmp_path / "fused", head={"fused": "on"}, precision=precision)
+    upd, r_upd = _run(
+        tmp_path / "update", head={"fused": "on", "fused_update": True}, precision=precision
+    )
+    assert upd.head.weight.grad is None, "no dW was stored"
+    assert_close(torch.tensor(r_upd["losses"]), torch.tensor(r_base["losses"]))
+    assert_close(upd.head.weight, base.head.weight)
+    assert_close(
+        upd.opt_head.state[upd.head.weight]["momentum_buffer"],
+        base.opt_head.state[base.head.weight]["momentum_buffer"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"head": {"fused_update": True}}, "head.fused = 'on' or 'auto'"),
+        ({"head": {"fused": "on", "fused_update": True}, "train": {"precision": "fp16"}}, "fp16"),
+        ({"head": {"fused": "on", "fused_update": True}, "train": {"grad_accum": 2}}, "grad_accum"),
+    ],
+)
+def test_fused_update_refuses_what_it_cannot_do(overrides: dict, message: str) -> None:
+    raw = {"data": {"loader": "synthetic", "num_classes": 10}, **overrides}
+    with pytest.raises(ValueError, match=r"head\.fused_update") as err:
+        Config.from_dict(raw)
+    assert message in str(err.value)
