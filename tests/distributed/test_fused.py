@@ -62,3 +62,36 @@ def _check(rank: int, world: int, rate: float) -> None:
 @pytest.mark.parametrize(("world", "rate"), [(2, 1.0), (3, 1.0), (3, 0.5)])
 def test_fused_on_gloo_ranks_matches_the_reference(world: int, rate: float) -> None:
     run_ranks(_check, world, rate)
+
+
+def _check_update(rank: int, world: int) -> None:
+    """fuse_update on the ranks: each shard and its momentum follow float64 SGD on the full
+    matrix (at rate 1 every row is used each step, so the lazy rows update like dense SGD)."""
+    x, w, _ = _problem()
+    factory, spec = CASES["arcface"]
+    lr, momentum, wd = 0.5, 0.9, 1e-2
+    head = pfc.PartialFC(factory(), D, C, seed=5, fused=True)
+    lo, n = head.class_start, head.num_local
+    with torch.no_grad():
+        head.weight.copy_(w[lo : lo + n])
+    opt = pfc.SparseSGD([head.weight], lr=lr, momentum=momentum, weight_decay=wd)
+    head.fuse_update(opt)
+    w_ref, buf = w.clone(), torch.zeros_like(w)
+    for t in (1, 2, 3):
+        opt.zero_grad(set_to_none=True)
+        loss = head(_local(x, rank, world).float(), _local(LABELS, rank, world))
+        loss.backward()
+        opt.step()
+        assert head.weight.grad is None
+        r_loss, _, r_gw, _ = ref.loss_and_grads(spec, x, w_ref, None, LABELS, t=t)
+        _close(loss.detach(), r_loss, f"step {t} rank {rank}/{world} loss")
+        buf = momentum * buf + r_gw + wd * w_ref
+        w_ref = w_ref - lr * buf
+        what = f"step {t} rank {rank}/{world}"
+        _close(head.weight.detach(), w_ref[lo : lo + n], f"{what} weight")
+        _close(opt.state[head.weight]["momentum_buffer"], buf[lo : lo + n], f"{what} momentum")
+    assert float((w_ref - w).abs().max()) > 1e-2, "the steps moved the centres"
+
+
+def test_fused_update_on_gloo_ranks_follows_float64_sgd() -> None:
+    run_ranks(_check_update, 3)
