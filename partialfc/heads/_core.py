@@ -248,10 +248,10 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         del xg
         del grad, probs
 
+        parts = target_grads((x_leaf, w_leaf, None), target, grad_target)
         grad_x, grad_weight, grad_bias = finish_backward(
-            (x_leaf, w_leaf, None), target, grad_target, (grad_x, grad_w, grad_b), col, index,
-            tuple(weight.shape), opts.marks,
-        )  # fmt: skip
+            parts, (grad_x, grad_w, grad_b), col, index, tuple(weight.shape), opts.marks
+        )
         ctx.graph = None
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
@@ -272,7 +272,7 @@ def target_grads(
     return tuple(by_id.get(id(t)) if t is not None else None for t in leaves)
 
 
-def sparse_outputs(
+def _sparse_outputs(
     grad_w: torch.Tensor | None,
     grad_b: torch.Tensor | None,
     index: torch.Tensor | None,
@@ -295,26 +295,25 @@ def sparse_outputs(
 
 
 def finish_backward(
-    leaves: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
-    target: torch.Tensor | None,
-    grad_target: torch.Tensor | None,
+    parts: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
     grads: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
     col: torch.Tensor,
     index: torch.Tensor | None,
     shape: tuple[int, int],
     marks: SparseGradMarks | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The common tail of both backwards: the target logits' gradient (:func:`target_grads`)
-    added to dX and, at ``col``, into the values of dW and db; then :func:`sparse_outputs`.
-    Returns (dX, dW, db); None where ``grads`` had None."""
+    """The common tail of both backwards: the target logits' gradients ``parts``
+    (:func:`target_grads`; None where absent or already folded in) added to dX and, at ``col``,
+    into the values of dW and db; then :func:`_sparse_outputs`. Returns (dX, dW, db); None where
+    ``grads`` had None."""
     grad_x, grad_w, grad_b = grads
-    part_x, part_w, part_b = target_grads(leaves, target, grad_target)
+    part_x, part_w, part_b = parts
     if part_x is not None:  # x requires grad exactly when dX is wanted: grad_x is a tensor
         grad_x = grad_x + part_x
     for part, values in ((part_w, grad_w), (part_b, grad_b)):
         if part is not None and values is not None:
             values.index_add_(0, col, part.to(values.dtype))
-    return (grad_x, *sparse_outputs(grad_w, grad_b, index, shape, marks))
+    return (grad_x, *_sparse_outputs(grad_w, grad_b, index, shape, marks))
 
 
 def _row_indices(index: torch.Tensor | None, num_rows: int, device: torch.device) -> torch.Tensor:

@@ -41,7 +41,7 @@ from partialfc.heads._core import (
     _blocks,
     _mm,
     _mm_into,
-    sparse_outputs,
+    finish_backward,
     target_grads,
 )
 
@@ -456,13 +456,11 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
                 opts, xg, weight, bias, index, inv_norm, lse, tcol, g, num_rows, grads,
                 (part_w, col), update,
             )  # fmt: skip
-        if part_x is not None:  # x requires grad exactly when dX is wanted
-            grad_x += part_x
-        if part_b is not None and grad_b is not None:
-            grad_b.index_add_(0, col, part_b.to(grad_b.dtype))
-        grad_weight, grad_bias = sparse_outputs(
-            grad_w, grad_b, index, tuple(weight.shape), opts.marks
-        )
+        # part_w went into each chunk's dW rows above (or into the update)
+        grad_x, grad_weight, grad_bias = finish_backward(
+            (part_x, None, part_b), (grad_x, grad_w, grad_b), col, index, tuple(weight.shape),
+            opts.marks,
+        )  # fmt: skip
         if grad_x is not None:
             grad_x = grad_x.to(ctx.x_dtype)
         ctx.graph = None

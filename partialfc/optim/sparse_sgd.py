@@ -101,12 +101,7 @@ class SparseSGD(Optimizer):
             raise ValueError("update_rows: the tensor is not a parameter of this optimizer")
         state = self._state(p, group)
         if isinstance(rows, slice):
-            buf_all, seen_all = state.get("momentum_buffer"), state.get("row_seen")
-            buf = buf_all[rows] if buf_all is not None else None
-            seen = seen_all[rows] if seen_all is not None else None
-            _sgd_rule(p[rows], values, buf, seen, group)
-            if seen is not None:
-                seen.fill_(True)
+            _update_slice(p, rows, values, state, group)
         elif rows.numel():
             self._update_rows(p, rows, values, state, group)
 
@@ -151,11 +146,17 @@ class SparseSGD(Optimizer):
         chunk = max(1, MAX_CHUNK_ELEMENTS // max(1, p[0].numel()))
         for lo in range(0, p.shape[0], chunk):
             sl = slice(lo, lo + chunk)
-            buf = buf_all[sl] if buf_all is not None else None
-            seen = seen_all[sl] if seen_all is not None else None
-            _sgd_rule(p[sl], grad[sl], buf, seen, group)
-            if seen is not None:
-                seen.fill_(True)
+            _update_slice(p, sl, grad[sl], state, group)
+
+
+def _update_slice(p: torch.Tensor, sl: slice, grad: torch.Tensor, state: dict, group: dict) -> None:
+    """Update the rows ``sl`` of ``p`` (and their state) in place, on views."""
+    buf_all, seen_all = state.get("momentum_buffer"), state.get("row_seen")
+    buf = buf_all[sl] if buf_all is not None else None
+    seen = seen_all[sl] if seen_all is not None else None
+    _sgd_rule(p[sl], grad, buf, seen, group)
+    if seen is not None:
+        seen.fill_(True)
 
 
 def _sgd_rule(

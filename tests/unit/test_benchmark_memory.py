@@ -9,13 +9,18 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="module")
-def head_bench():
+def load_head_benchmark():
+    """``benchmarks/head.py`` as a module (benchmarks/ is not a package)."""
     path = Path(__file__).parents[2] / "benchmarks" / "head.py"
     spec = importlib.util.spec_from_file_location("bench_head", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def head_bench():
+    return load_head_benchmark()
 
 
 MIB = 1 << 20

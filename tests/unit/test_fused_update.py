@@ -8,9 +8,6 @@ chunks, the last one ragged.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch.testing import assert_close
@@ -18,6 +15,7 @@ from torch.testing import assert_close
 import partialfc as pfc
 from partialfc.heads import _fused
 from tests.distributed.test_partial_fc import CASES
+from tests.unit.test_benchmark_memory import load_head_benchmark
 
 pytestmark = pytest.mark.skipif(
     not _fused.triton_available() or not (torch.cuda.is_available() or _fused.interpreting()),
@@ -110,19 +108,11 @@ def test_a_non_finite_loss_updates_nothing():
     assert "momentum_buffer" not in opt.state[head.weight]
 
 
-def _load_step_bytes():
-    path = Path(__file__).parents[2] / "benchmarks" / "head.py"
-    spec = importlib.util.spec_from_file_location("bench_head_for_update", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module._cpu_step_bytes
-
-
 @pytest.mark.skipif(DEVICE != "cpu", reason="counts CPU allocations")
 def test_the_step_never_holds_the_gradient_values():
     classes, dim, batch = 1024, 256, 8  # dW values: 1 MiB of float32, the step's largest array
     values_bytes = classes * dim * 4
-    step_bytes = _load_step_bytes()
+    step_bytes = load_head_benchmark()._cpu_step_bytes
     (plain, fused), (opt_plain, opt_fused) = _pair(
         "arcface", 1.0, OPTIMIZERS["momentum_wd"], classes=classes, dim=dim
     )
