@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from partialfc.data.layout import DatasetError, FaceRecord
+from partialfc.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class DaliLoader:
             batch_size=self.batch_size,
             num_threads=num_threads,
             device_id=self._device_id,
-            seed=seed + 7919 * rank,
+            seed=mix_seed("dali", seed, rank, bits=31),
             prefetch_queue_depth=prefetch_queue_depth,
         )
         pipe.build()

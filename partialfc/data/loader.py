@@ -22,28 +22,19 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from partialfc.data.dataset import RecordDataset, collate_u8, normalize
-
-# Mixed into the generator seeds so the permutation and the flips are independent streams.
-_PERM_STREAM, _FLIP_STREAM = 0x5EED_0001, 0x5EED_0002
-
-
-def _generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    g = torch.Generator()
-    # torch seeds from one 64-bit integer: combine the three with distinct odd multipliers.
-    g.manual_seed((seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + stream) % (1 << 63))
-    return g
+from partialfc.seeding import generator
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
     """The sample order of one epoch (world-size independent)."""
     if not shuffle:
         return torch.arange(num_samples)
-    return torch.randperm(num_samples, generator=_generator(seed, epoch, _PERM_STREAM))
+    return torch.randperm(num_samples, generator=generator("order", seed, epoch))
 
 
 def epoch_flips(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """Whether sample ``i`` is mirrored in epoch ``epoch``: bool tensor indexed by sample."""
-    return torch.rand(num_samples, generator=_generator(seed, epoch, _FLIP_STREAM)) < 0.5
+    return torch.rand(num_samples, generator=generator("flips", seed, epoch)) < 0.5
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, bool]]]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 
 import torch
@@ -28,16 +27,11 @@ from partialfc.heads._fused import (
 )
 from partialfc.margins import Margin
 from partialfc.optim import SparseSGD
+from partialfc.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
 INIT_BLOCK_ROWS = 4096  # centres are initialised in blocks seeded by (seed, block): see _init_rows
-
-
-def _mixed_seed(*parts: int) -> int:
-    """A 63-bit seed that depends on every part (a hash, not a sum: no collisions by design)."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 class PartialFC(nn.Module):
@@ -145,7 +139,7 @@ class PartialFC(nn.Module):
         gen = torch.Generator(device=device)
         for block in range(start // INIT_BLOCK_ROWS, (stop - 1) // INIT_BLOCK_ROWS + 1):
             lo = block * INIT_BLOCK_ROWS
-            gen.manual_seed(_mixed_seed(self.seed, block))
+            gen.manual_seed(mix_seed("centres", self.seed, block))
             rows = torch.empty(INIT_BLOCK_ROWS, self.embedding_size, device=device, dtype=dtype)
             rows.normal_(0.0, std, generator=gen)
             a, b = max(start, lo), min(stop, lo + INIT_BLOCK_ROWS)
@@ -282,7 +276,7 @@ class PartialFC(nn.Module):
             # Only when the batch could hold more positives than the sample needs a host sync.
             num_sample = max(num_sample, int(positive.sum()))
         gen = torch.Generator(device=device)
-        gen.manual_seed(_mixed_seed(self.seed, self.step, self.rank))
+        gen.manual_seed(mix_seed("sampling", self.seed, self.step, self.rank))
         scores = torch.rand(count, generator=gen, device=device)
         scores.masked_fill_(positive.bool(), 2.0)  # positives outrank every negative
         return scores.topk(num_sample, sorted=False).indices.sort().values

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import torch
 
+from partialfc.seeding import generator
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
 
@@ -46,10 +47,7 @@ class SyntheticLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while self.batch < self.batches_per_epoch:
-            key = (
-                (self.seed * 1_000_003 + self.epoch) * 1_000_003 + self.batch
-            ) * 1_000_003 + self.rank
-            gen = torch.Generator().manual_seed(key % 2**63)
+            gen = generator("synthetic", self.seed, self.epoch, self.batch, self.rank)
             self.batch += 1
             images = (
                 torch.rand(self.batch_size, 3, self.image_size, self.image_size, generator=gen) * 2

@@ -35,6 +35,7 @@ from partialfc.distributed import all_reduce_max, broadcast_buffers, use_global_
 from partialfc.heads import PartialFC
 from partialfc.metrics import JsonlSink, MetricSink, MultiSink, PrometheusSink
 from partialfc.optim import SparseSGD
+from partialfc.seeding import mix_seed
 from partialfc.train import checkpoint
 from partialfc.train.config import Config
 from partialfc.train.data import build_loader
@@ -207,7 +208,7 @@ class Trainer:
         if rng.exists():
             _set_rng_state(torch.load(rng, weights_only=False))
         else:
-            torch.manual_seed(self.cfg.train.seed * 1_000_003 + self.step * 101 + self.rt.rank)
+            torch.manual_seed(mix_seed("resume", self.cfg.train.seed, self.step, self.rt.rank))
         if self.rt.is_main:
             missing = sorted(set(full) - present)
             note = f" (not in it, started fresh: {', '.join(missing)})" if missing else ""
