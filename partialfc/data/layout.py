@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.data.recordio import IndexedRecordReader, IndexedRecordWriter, IRHeader, pack, unpack
+from partialfc.errors import UserError
 
 REC_FILE = "train.rec"
 IDX_FILE = "train.idx"
 PROPERTY_FILE = "property"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset's content contradicts its layout: label out of range, wrong image size, ...
 
     Attributes:

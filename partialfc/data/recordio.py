@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from partialfc.data.images import decode_image, encode_image
+from partialfc.errors import UserError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -40,7 +41,7 @@ _IR_FORMAT = struct.Struct("<IfQQ")
 IR_SIZE = _IR_FORMAT.size
 
 
-class RecordIOError(ValueError):
+class RecordIOError(UserError, ValueError):
     """A ``.rec`` or ``.idx`` file is malformed: bad magic, truncated or corrupt record.
 
     Attributes:

@@ -23,6 +23,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from partialfc import margins
+from partialfc.errors import ConfigError, UserFileError
 
 MARGINS = ("arcface", "cosface", "normface", "combined", "sphereface", "lsoftmax", "softmax")
 FUSED: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
@@ -33,7 +34,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 def _check(ok: bool, name: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"{name}: {message}")
+        raise ConfigError(f"{name}: {message}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class HeadConfig:
         try:
             self.build_margin()
         except ValueError as err:
-            raise ValueError(f"head: {err}") from None
+            raise ConfigError(f"head: {err}") from None
 
     def fused_option(self) -> bool | str:
         """``PartialFC(fused=...)`` for this section."""
@@ -335,17 +336,17 @@ class Config:
         if path is not None:
             path = Path(path)
             if not path.is_file():
-                raise FileNotFoundError(f"config file {path} does not exist")
+                raise UserFileError(f"config file {path} does not exist")
             try:
                 raw = tomllib.loads(path.read_text())
             except tomllib.TOMLDecodeError as err:
-                raise ValueError(f"{path}: invalid TOML: {err}") from None
+                raise ConfigError(f"{path}: invalid TOML: {err}") from None
         for dotted, text in _pairs(overrides):
             section, _, key = dotted.partition(".")
             section_type = _section_type(section)
             hint = _field_types(section_type).get(key)
             if hint is None:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown option --{dotted}; {section} has {sorted(_field_types(section_type))}"
                 )
             raw.setdefault(section, {})[key] = _parse(text, hint, dotted)
@@ -356,12 +357,12 @@ class Config:
         """Build and validate from nested dicts (a parsed TOML file); absent sections use defaults."""
         unknown = set(raw) - set(_SECTIONS)
         if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; known: {_SECTIONS}")
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {_SECTIONS}")
         sections = {}
         for name in _SECTIONS:
             values = raw.get(name, {})
             if not isinstance(values, dict):
-                raise ValueError(f"[{name}] must be a table, got {values!r}")
+                raise ConfigError(f"[{name}] must be a table, got {values!r}")
             sections[name] = _build(_section_type(name), values, name)
         return cls(**sections)
 
@@ -374,7 +375,7 @@ _SECTIONS = ["data", "model", "head", "optim", "train", "eval", "metrics"]
 
 def _section_type(name: str) -> type:
     if name not in _SECTIONS:
-        raise ValueError(f"unknown config section {name!r}; known: {_SECTIONS}")
+        raise ConfigError(f"unknown config section {name!r}; known: {_SECTIONS}")
     return typing.get_type_hints(Config)[name]
 
 
@@ -386,7 +387,7 @@ def _build(section_type: type, values: dict[str, Any], section: str) -> Any:
     hints = _field_types(section_type)
     for key, value in values.items():
         if key not in hints:
-            raise ValueError(f"unknown option {section}.{key}; {section} has {sorted(hints)}")
+            raise ConfigError(f"unknown option {section}.{key}; {section} has {sorted(hints)}")
         _check(
             _matches(value, hints[key]),
             f"{section}.{key}",
@@ -426,7 +427,7 @@ def _parse(text: str, hint: Any, name: str) -> Any:
                 return True
             if lowered in ("false", "0", "no", "off"):
                 return False
-            raise ValueError(text)
+            raise ConfigError(text)
         if hint is int:
             return int(text)
         if hint is float:
@@ -435,7 +436,7 @@ def _parse(text: str, hint: Any, name: str) -> Any:
             return [v for v in text.split(",") if v]
         return text
     except ValueError:
-        raise ValueError(f"--{name}: expected {_describe(hint)}, got {text!r}") from None
+        raise ConfigError(f"--{name}: expected {_describe(hint)}, got {text!r}") from None
 
 
 def _pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
@@ -444,13 +445,13 @@ def _pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
     while items:
         flag = items.pop(0)
         if not flag.startswith("--") or "." not in flag:
-            raise ValueError(f"overrides look like --section.key value, got {flag!r}")
+            raise ConfigError(f"overrides look like --section.key value, got {flag!r}")
         name = flag[2:]
         if "=" in name:
             name, value = name.split("=", 1)
         elif items:
             value = items.pop(0)
         else:
-            raise ValueError(f"--{name} needs a value")
+            raise ConfigError(f"--{name} needs a value")
         pairs.append((name, value))
     return pairs
