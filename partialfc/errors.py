@@ -18,7 +18,13 @@ USER_ERROR_EXIT = 2
 
 
 class UserError(Exception):
-    """A problem with the user's input; ``problems`` holds one line each (at least one)."""
+    """A problem with the user's input; ``problems`` holds one line each (at least one).
+
+    ``same_on_every_rank``: every rank of a run finds it (a config check, an agreed verdict), so
+    only rank 0 prints it; otherwise the rank that found it prints it, naming itself.
+    """
+
+    same_on_every_rank = False
 
     def __init__(self, *problems: str) -> None:
         if not problems:
@@ -29,6 +35,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config field or a cross-field rule is violated; the message names the key."""
+
+    same_on_every_rank = True
 
 
 class UserFileError(UserError, FileNotFoundError):
@@ -48,21 +56,25 @@ def print_user_error(err: UserError, prefix: str = "error", file=None) -> None:
 
 
 def run_reporting_user_errors(
-    main: Callable[[], int], *, debug: bool = False, quiet: bool = False, prefix: str = "error"
+    main: Callable[[], int], *, debug: bool = False, rank: int | None = None
 ) -> int:
     """Run ``main``; a :class:`UserError` becomes its lines on stderr and exit status 2.
 
     Args:
         main: the entry point's body.
-        debug: re-raise user errors (tracebacks for ``--verbose``).
-        quiet: exit 2 without printing (ranks other than 0 when every rank found the same problem).
-        prefix: what each line starts with.
+        debug: print the traceback too (``--verbose``, ``PARTIALFC_DEBUG=1``).
+        rank: this process's rank in a distributed run (None: a lone process). Errors every rank
+            finds are printed by rank 0 only; others by their rank, which they name.
     """
     try:
         return main()
     except UserError as err:
         if debug:
             traceback.print_exc()
-        elif not quiet:
-            print_user_error(err, prefix)
+        if rank is None:
+            print_user_error(err)
+        elif not err.same_on_every_rank:
+            print_user_error(err, f"error (rank {rank})")
+        elif rank == 0:
+            print_user_error(err)
         return USER_ERROR_EXIT

@@ -96,14 +96,23 @@ class SparseSGD(Optimizer):
         a slice (updated in place on views). The fused head calls this from its backward, chunk
         by chunk (:meth:`partialfc.PartialFC.fuse_update`), so the gradient is never stored.
         """
-        group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
-        if group is None:
-            raise ValueError("update_rows: the tensor is not a parameter of this optimizer")
+        group = self._group_of(p, "update_rows")
         state = self._state(p, group)
         if isinstance(rows, slice):
             _update_slice(p, rows, values, state, group)
         elif rows.numel():
             self._update_rows(p, rows, values, state, group)
+
+    def init_state(self, p: torch.Tensor) -> dict:
+        """``p``'s state, created now if it has none (the buffers ``step`` would create), so that
+        a checkpoint can be saved before the first step or loaded into."""
+        return self._state(p, self._group_of(p, "init_state"))
+
+    def _group_of(self, p: torch.Tensor, caller: str) -> dict:
+        group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
+        if group is None:
+            raise ValueError(f"{caller}: the tensor is not a parameter of this optimizer")
+        return group
 
     def _state(self, p: torch.Tensor, group: dict) -> dict:
         """``p``'s state, with its momentum buffer (and first-update flags) created if new."""

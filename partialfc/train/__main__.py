@@ -1,20 +1,32 @@
 """``python -m partialfc.train CONFIG.toml [--section.key value ...]``, with or without torchrun.
 
-Exit status: 0 when training finished; 143 (128 + SIGTERM, "terminated") when SIGTERM or SIGINT
-stopped it early, after the checkpoint of the step reached was written, so that a Kubernetes Job
-or torchrun sees an unfinished run (and restarts it, resuming from that checkpoint) instead of a
-completed one.
+Options (anywhere on the line):
+  --check            run the preflight checks only: print the run it would start (exit 0) or
+                     one line per problem (exit 2); nothing is written
+  --world-size N     with --check: the number of ranks the run will have (default: WORLD_SIZE or 1)
+  --local-ranks N    with --check: processes per node whose metrics ports must be free (default N)
+  --no-lock-check    with --check: skip the output_dir lock (multi-node launchers: the run's own
+                     rank 0 may already hold it)
+  --verbose          tracebacks for user errors too (also PARTIALFC_DEBUG=1)
+
+Exit status: 0 when training finished (or --check passed); 2 for a user error (a config field, a
+path, a dataset, a busy port or output_dir, a streak of non-finite steps), printed once as one line
+per problem; 143 (128 + SIGTERM, "terminated") when SIGTERM or SIGINT stopped it early, after the
+checkpoint of the step reached was written, so that a Kubernetes Job or torchrun sees an unfinished
+run (and restarts it, resuming from that checkpoint) instead of a completed one.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+from partialfc.errors import ConfigError, debug_requested, run_reporting_user_errors
 from partialfc.train.config import Config
-from partialfc.train.runtime import init_runtime, shutdown
-from partialfc.train.trainer import Trainer
 
 STOPPED_EARLY = 143
+_FLAGS = ("--check", "--verbose", "--no-lock-check")
+_VALUED = ("--world-size", "--local-ranks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +37,74 @@ def main(argv: list[str] | None = None) -> int:
             "\nSections and keys: see partialfc/train/config.py or the README's configuration table."
         )
         return 0 if argv else 2
-    path, overrides = (None, argv) if argv[0].startswith("--") else (argv[0], argv[1:])
+    rank = int(os.environ["RANK"]) if "RANK" in os.environ else None
+    return run_reporting_user_errors(lambda: _main(argv), debug=debug_requested(argv), rank=rank)
+
+
+def _split_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
+    """Our own options out of ``argv``; the rest is ``[CONFIG] --section.key value ...``."""
+    options: dict[str, str | bool] = {}
+    rest, items = [], list(argv)
+    while items:
+        arg = items.pop(0)
+        name, eq, value = arg.partition("=")
+        if arg in _FLAGS:
+            options[arg] = True
+        elif name in _VALUED:
+            if not eq:
+                if not items:
+                    raise ConfigError(f"{name} needs a value")
+                value = items.pop(0)
+            options[name] = value
+        else:
+            rest.append(arg)
+    return options, rest
+
+
+def _int_option(options: dict, name: str, default: int) -> int:
+    value = options.get(name, default)
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return number
+
+
+def _main(argv: list[str]) -> int:
+    from partialfc.train import preflight
+
+    options, argv = _split_options(argv)
+    path, overrides = (None, argv) if not argv or argv[0].startswith("--") else (argv[0], argv[1:])
     cfg = Config.load(path, overrides)
+    if options.get("--check"):
+        world = _int_option(options, "--world-size", int(os.environ.get("WORLD_SIZE", "1")))
+        local = _int_option(options, "--local-ranks", world)
+        pf = preflight.check(
+            cfg, world, local_ranks=range(local), check_lock=not options.get("--no-lock-check")
+        )
+        print(pf.summary())
+        print("preflight: OK")
+        return 0
+    # Every process checks before the process group forms; the lock is rank 0's (below), and each
+    # rank checks only its own metrics port.
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    preflight.check(cfg, world, local_ranks=range(0), check_lock=False)
+    preflight.check_own_port(cfg, local_rank)
+    return _train(cfg)
+
+
+def _train(cfg: Config) -> int:
+    from partialfc.train.lock import hold_run_lock
+    from partialfc.train.runtime import init_runtime, shutdown
+    from partialfc.train.trainer import Trainer
+
     rt = init_runtime()
     try:
-        result = Trainer(cfg, rt).fit()
+        with hold_run_lock(cfg.train.output_dir, rt):
+            result = Trainer(cfg, rt).fit()
     finally:
         shutdown()
     if rt.is_main:

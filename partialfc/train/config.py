@@ -8,11 +8,13 @@ Nothing here is mutated at run time: the trainer reads a frozen :class:`Config`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from partialfc import margins
+from partialfc import backbones, margins
 from partialfc.errors import ConfigError, UserFileError
 
 MARGINS = ("arcface", "cosface", "normface", "combined", "sphereface", "lsoftmax", "softmax")
@@ -32,9 +34,41 @@ OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+# While a whole config is built, failed checks are collected here instead of raised one at a time,
+# so that a user sees every problem of the file and the overrides in one go.
+_PROBLEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "config_problems", default=None
+)
+
+
 def _check(ok: bool, name: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{name}: {message}")
+    if ok:
+        return
+    problem = f"{name}: {message}"
+    collected = _PROBLEMS.get()
+    if collected is None:
+        raise ConfigError(problem)
+    collected.append(problem)
+
+
+@contextlib.contextmanager
+def _collect_problems() -> Iterator[list[str]]:
+    """Collect failed checks; raise one ConfigError naming all of them at the end.
+
+    Nested uses share the outermost list (which alone raises).
+    """
+    outer = _PROBLEMS.get()
+    if outer is not None:
+        yield outer
+        return
+    problems: list[str] = []
+    token = _PROBLEMS.set(problems)
+    try:
+        yield problems
+    finally:
+        _PROBLEMS.reset(token)
+    if problems:
+        raise ConfigError(*dict.fromkeys(problems))  # in order, each once
 
 
 @dataclass(frozen=True)
@@ -53,6 +87,9 @@ class DataConfig:
     """Classes of the synthetic loader (read from ``property`` for real data)."""
     image_size: int = 112
     """Side of the synthetic loader's square images."""
+    verify: bool = False
+    """Decode every record at preflight (``partialfc inspect --verify``) and refuse to start on a
+    bad one; the gate for damage a loader cannot see (see docs/reliability.md)."""
 
     def __post_init__(self) -> None:
         _check(
@@ -90,6 +127,12 @@ class ModelConfig:
     """Recompute activations in backward to save memory."""
 
     def __post_init__(self) -> None:
+        known = backbones.list_backbones()
+        _check(
+            self.backbone in known,
+            "model.backbone",
+            f"unknown backbone {self.backbone!r}; known: {', '.join(known)}",
+        )
         _check(
             self.embedding_size > 0,
             "model.embedding_size",
@@ -150,7 +193,7 @@ class HeadConfig:
         try:
             self.build_margin()
         except ValueError as err:
-            raise ConfigError(f"head: {err}") from None
+            _check(False, "head", str(err))
 
     def fused_option(self) -> bool | str:
         """``PartialFC(fused=...)`` for this section."""
@@ -309,6 +352,13 @@ class Config:
     metrics: MetricsConfig
 
     def __post_init__(self) -> None:
+        # With train.epochs the step count needs the dataset's size: preflight checks that case.
+        _check(
+            self.train.max_steps == 0 or self.optim.warmup_steps < self.train.max_steps,
+            "optim.warmup_steps",
+            f"must be below the run's {self.train.max_steps} steps (train.max_steps), got "
+            f"{self.optim.warmup_steps}",
+        )
         if self.head.fused_update:  # the centres are updated inside backward
             _check(
                 self.train.precision != "fp16",
@@ -341,30 +391,40 @@ class Config:
                 raw = tomllib.loads(path.read_text())
             except tomllib.TOMLDecodeError as err:
                 raise ConfigError(f"{path}: invalid TOML: {err}") from None
-        for dotted, text in _pairs(overrides):
-            section, _, key = dotted.partition(".")
-            section_type = _section_type(section)
-            hint = _field_types(section_type).get(key)
-            if hint is None:
-                raise ConfigError(
-                    f"unknown option --{dotted}; {section} has {sorted(_field_types(section_type))}"
-                )
-            raw.setdefault(section, {})[key] = _parse(text, hint, dotted)
-        return cls.from_dict(raw)
+        with _collect_problems():
+            for dotted, text in _pairs(overrides):
+                section, _, key = dotted.partition(".")
+                if section not in _SECTIONS:
+                    _check(False, f"--{dotted}", f"unknown section {section!r}; known: {_SECTIONS}")
+                    continue
+                hints = _field_types(_section_type(section))
+                if key not in hints:
+                    _check(False, f"--{dotted}", f"unknown option; {section} has {sorted(hints)}")
+                    continue
+                try:
+                    raw.setdefault(section, {})[key] = _parse(text, hints[key], dotted)
+                except ConfigError as err:
+                    _check(False, f"--{dotted}", str(err).partition(": ")[2])
+            return cls.from_dict(raw)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         """Build and validate from nested dicts (a parsed TOML file); absent sections use defaults."""
-        unknown = set(raw) - set(_SECTIONS)
-        if unknown:
-            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {_SECTIONS}")
-        sections = {}
-        for name in _SECTIONS:
-            values = raw.get(name, {})
-            if not isinstance(values, dict):
-                raise ConfigError(f"[{name}] must be a table, got {values!r}")
-            sections[name] = _build(_section_type(name), values, name)
-        return cls(**sections)
+        with _collect_problems():
+            _check(
+                not set(raw) - set(_SECTIONS),
+                "config",
+                f"unknown section(s) {sorted(set(raw) - set(_SECTIONS))}; known: {_SECTIONS}",
+            )
+            sections = {}
+            for name in _SECTIONS:
+                values = raw.get(name, {})
+                if isinstance(values, dict):
+                    sections[name] = _build(_section_type(name), values, name)
+                else:
+                    _check(False, f"[{name}]", f"must be a table, got {values!r}")
+            cfg = cls(**sections) if len(sections) == len(_SECTIONS) else None
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -384,16 +444,18 @@ def _field_types(section_type: type) -> dict[str, Any]:
 
 
 def _build(section_type: type, values: dict[str, Any], section: str) -> Any:
+    """The section from ``values``; unknown or mistyped keys are reported and left at their
+    defaults, so that the other fields are still checked."""
     hints = _field_types(section_type)
+    good = {}
     for key, value in values.items():
         if key not in hints:
-            raise ConfigError(f"unknown option {section}.{key}; {section} has {sorted(hints)}")
-        _check(
-            _matches(value, hints[key]),
-            f"{section}.{key}",
-            f"expected {_describe(hints[key])}, got {value!r}",
-        )
-    return section_type(**values)
+            _check(False, f"{section}.{key}", f"unknown option; {section} has {sorted(hints)}")
+        elif not _matches(value, hints[key]):
+            _check(False, f"{section}.{key}", f"expected {_describe(hints[key])}, got {value!r}")
+        else:
+            good[key] = value
+    return section_type(**good)
 
 
 def _matches(value: Any, hint: Any) -> bool:

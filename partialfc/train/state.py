@@ -16,20 +16,6 @@ from partialfc.optim import SparseSGD
 from partialfc.train.checkpoint import row_sharded
 
 
-def _ensure_optimizer_state(head: PartialFC, optimizer: SparseSGD) -> None:
-    """Create the momentum buffers before the first step, so they can be saved or loaded into."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if param is head.weight or param is head.bias:
-                state = optimizer.state[param]
-                if group["momentum"] != 0 and "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(param)
-                    if group["dampening"] != 0:
-                        state["row_seen"] = torch.zeros(
-                            param.shape[0], dtype=torch.bool, device=param.device
-                        )
-
-
 def head_state(
     head: PartialFC, optimizer: SparseSGD | None = None, prefix: str = "head"
 ) -> dict[str, Any]:
@@ -46,10 +32,11 @@ def head_state(
     if head.bias is not None:
         state[f"{prefix}.bias"] = sharded(head.bias.detach())
     if optimizer is not None:
-        _ensure_optimizer_state(head, optimizer)
         for name, param in (("weight", head.weight), ("bias", head.bias)):
             if param is None:
                 continue
+            # The momentum exists before the first step, so that it can be saved or loaded into.
+            optimizer.init_state(param)
             for key, value in optimizer.state[param].items():
                 if (
                     isinstance(value, torch.Tensor)

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from partialfc import backbones
 from partialfc.distributed import all_reduce_max, broadcast_buffers, use_global_loss_gradients
+from partialfc.errors import UserError
 from partialfc.heads import PartialFC
 from partialfc.metrics import JsonlSink, MetricSink, MultiSink, PrometheusSink
 from partialfc.optim import SparseSGD
@@ -47,8 +48,10 @@ from partialfc.train.state import head_state, restore_head_state
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """Too many consecutive steps had a non-finite loss (the ranks agree on every step's)."""
+
+    same_on_every_rank = True
 
 
 class Trainer:
@@ -72,6 +75,10 @@ class Trainer:
             checkpoint_activations=cfg.model.checkpoint_activations,
         ).to(rt.device)
         self.backbone = model
+        # A skipped (non-finite) step must leave no trace, but its forward already moved the
+        # BatchNorm running statistics: they are copied before each step and put back.
+        self._buffers = [b for b in model.buffers()]
+        self._buffers_before = [b.detach().clone() for b in self._buffers]
         if rt.distributed:
             self.model: torch.nn.Module = DistributedDataParallel(
                 model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
@@ -153,7 +160,33 @@ class Trainer:
             "data": self.loader.state_dict(),
         }
 
-    def save_checkpoint(self) -> Path:
+    def _nonfinite_state(self) -> list[str]:
+        """Names of the tensors to be saved that hold a NaN or an inf, on any rank (agreed)."""
+        named = [
+            *((f"model.{n}", t) for n, t in self.backbone.state_dict().items()),
+            *((f"optim.backbone.{i}", t) for i, t in enumerate(_state_tensors(self.opt_backbone))),
+            ("head.weight", self.head.weight),
+            *((("head.bias", self.head.bias),) if self.head.bias is not None else ()),
+            *((f"optim.head.{i}", t) for i, t in enumerate(_state_tensors(self.opt_head))),
+        ]
+        named = [(n, t) for n, t in named if t.is_floating_point()]
+        flags = torch.stack([_has_nonfinite(t.detach()) for _, t in named]).float()
+        flags = all_reduce_max(flags).tolist()  # the centres differ per rank: one verdict
+        return [n for (n, _), bad in zip(named, flags, strict=True) if bad]
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint of ``self.step``; skipped (None) when any state is not finite,
+        so the checkpoints already written, the last finite state, are kept as they are."""
+        bad = ["the last loss"] if self.nonfinite_in_a_row else self._nonfinite_state()
+        if bad:
+            if self.rt.is_main:
+                names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                print(
+                    f"step {self.step}: no checkpoint written: {names} not finite; "
+                    f"the newest checkpoint is {checkpoint.latest_checkpoint(self.output_dir)}",
+                    flush=True,
+                )
+            return None
         # Per-rank RNG streams (dropout) go beside the DCP files; a run resumed on another world
         # size reseeds from (seed, step, rank) instead. config.json tells `export` the backbone.
         if self.rt.distributed:
@@ -206,7 +239,7 @@ class Trainer:
             self.loader.load_state_dict(state["data"])
         rng = path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt"
         if rng.exists():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _set_rng_state(_load_rng_state(rng))
         else:
             torch.manual_seed(mix_seed("resume", self.cfg.train.seed, self.step, self.rt.rank))
         if self.rt.is_main:
@@ -237,6 +270,8 @@ class Trainer:
         micro = images.shape[0] // k
         times = {"forward": 0.0, "backward": 0.0}
         total = torch.zeros((), device=rt.device)
+        for saved, live in zip(self._buffers_before, self._buffers, strict=True):
+            saved.copy_(live)
         self.opt_backbone.zero_grad(set_to_none=True)
         self.opt_head.zero_grad(set_to_none=True)
         for i in range(k):
@@ -276,12 +311,18 @@ class Trainer:
             self.scaler.update()
             self.nonfinite_in_a_row = 0
         else:
+            with torch.no_grad():
+                for saved, live in zip(self._buffers_before, self._buffers, strict=True):
+                    live.copy_(saved)
             self.nonfinite_total += 1
             self.nonfinite_in_a_row += 1
             if self.nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
+                newest = checkpoint.latest_checkpoint(self.output_dir)
                 raise NonFiniteLossError(
-                    f"{self.nonfinite_in_a_row} consecutive steps had a non-finite loss (last at step "
-                    f"{self.step}); lower optim.lr, use train.precision = 'bf16' or check the data"
+                    f"train.max_nonfinite_steps: {self.nonfinite_in_a_row} consecutive steps had a "
+                    f"non-finite loss (the last at step {self.step + 1}); lower optim.lr, use "
+                    "train.precision = 'bf16' or check the data; the newest checkpoint "
+                    f"({newest or 'none'}) holds finite values and a rerun resumes from it"
                 )
         times["optimizer"] = time.perf_counter() - t0
         self.step += 1
@@ -329,13 +370,14 @@ class Trainer:
                 self.step,
             )
             progress.update(self.step, loss_value, values["samples_per_second"])
-            if cfg.eval.sets and cfg.eval.every and self.step % cfg.eval.every == 0:
-                self._evaluate()
             if self._stop_requested:
                 stopped = True
                 break
             if self.step % cfg.train.checkpoint_every == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
+            # After the checkpoint: an evaluation that fails loses no training.
+            if cfg.eval.sets and cfg.eval.every and self.step % cfg.eval.every == 0:
+                self._evaluate()
         self.save_checkpoint()
         progress.close()
         results = {} if stopped or not cfg.eval.sets else self._evaluate()
@@ -401,15 +443,56 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _has_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> torch.Tensor:
+    """Whether ``t`` holds a NaN or an inf (a 0-dim bool tensor), in bounded memory: the class
+    centres may be gigabytes, and their ``isfinite`` mask would be a quarter of that again."""
+    flat = t.reshape(-1)
+    found = torch.zeros((), dtype=torch.bool, device=t.device)
+    for start in range(0, flat.numel(), chunk):
+        found |= ~torch.isfinite(flat[start : start + chunk]).all()
+    return found
+
+
+def _state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v for state in opt.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
 def _rng_state() -> dict[str, Any]:
+    """The generators' states as tensors, ints and tuples only: loadable with weights_only=True."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": (version, torch.tensor(mt, dtype=torch.int64), gauss),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _load_rng_state(path: Path) -> dict[str, Any]:
+    """Reads a file written from :func:`_rng_state` without running code from it.
+
+    Raises:
+        UserError: the file is not such a state (a crafted or damaged file), naming it.
+    """
+    try:
+        state = torch.load(path, weights_only=True)
+        version, mt, gauss = state["python"]
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        return {
+            "torch": state["torch"],
+            "python": (version, tuple(mt.tolist()), gauss),
+            "numpy": (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached),
+            **({"cuda": state["cuda"]} if "cuda" in state else {}),
+        }
+    except Exception as err:  # unpickling refusals and malformed content raise many types
+        raise UserError(
+            f"{path}: not a random-generator state written by partialfc ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); delete the file to resume with "
+            "fresh generators, or the checkpoint folder to resume from an older one"
+        ) from None
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
