@@ -104,7 +104,7 @@ class RunLock:
                 return self
             if err.errno in (errno.EACCES, errno.EAGAIN):
                 raise OutputDirLocked(
-                    f"train.output_dir {self.output_dir} is in use by another run "
+                    f"train.output_dir: {self.output_dir} is in use by another run "
                     f"({holder(self.output_dir)}; lock file {self.path}): give this run its own "
                     "train.output_dir, or stop the other one"
                 ) from None
@@ -143,7 +143,7 @@ def hold_run_lock(output_dir: str | os.PathLike[str], rt: Runtime) -> Iterator[N
         flag = torch.tensor([float(taken)], device=rt.device)
         taken = bool(all_reduce_max(flag).item())
     if taken:
-        raise failure or OutputDirLocked(f"train.output_dir {output_dir} is in use by another run")
+        raise failure or OutputDirLocked(f"train.output_dir: {output_dir} is in use by another run")
     try:
         yield
     finally:

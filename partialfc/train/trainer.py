@@ -183,7 +183,7 @@ class Trainer:
                 names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
                 print(
                     f"step {self.step}: no checkpoint written: {names} not finite; "
-                    f"the newest checkpoint is {checkpoint.latest_checkpoint(self.output_dir)}",
+                    f"{_newest(self.output_dir)} is kept as it is",
                     flush=True,
                 )
             return None
@@ -317,12 +317,11 @@ class Trainer:
             self.nonfinite_total += 1
             self.nonfinite_in_a_row += 1
             if self.nonfinite_in_a_row >= cfg.train.max_nonfinite_steps:
-                newest = checkpoint.latest_checkpoint(self.output_dir)
                 raise NonFiniteLossError(
                     f"train.max_nonfinite_steps: {self.nonfinite_in_a_row} consecutive steps had a "
-                    f"non-finite loss (the last at step {self.step + 1}); lower optim.lr, use "
-                    "train.precision = 'bf16' or check the data; the newest checkpoint "
-                    f"({newest or 'none'}) holds finite values and a rerun resumes from it"
+                    f"non-finite loss (the last was step {self.step + 1}); lower optim.lr, use "
+                    f"train.precision = 'bf16' or check the data; {_newest(self.output_dir)} "
+                    "holds only finite values and a rerun resumes from it"
                 )
         times["optimizer"] = time.perf_counter() - t0
         self.step += 1
@@ -441,6 +440,11 @@ def _peak_memory(device: torch.device) -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _newest(output_dir: Path) -> str:
+    newest = checkpoint.latest_checkpoint(output_dir)
+    return f"the newest checkpoint {newest}" if newest else "no checkpoint (none was written yet)"
 
 
 def _has_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> torch.Tensor:

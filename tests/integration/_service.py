@@ -1,0 +1,80 @@
+"""Running the shipped demo config as a user does, on a small synthetic face set.
+
+Only what this machine forces is overridden: the data folder, the output folder, a batch that
+fits 160 images, and the step counts; the data-loader workers, margin, sampling and the rest stay
+as ``configs/demo_cpu.toml`` ships them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from partialfc.data.synth import SynthConfig, synth_dataset
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "configs" / "demo_cpu.toml"
+IDENTITIES, IMAGES_PER_IDENTITY = 20, 8
+
+
+def make_dataset(root: Path, shuffle: bool = True) -> Path:
+    """160 images of 20 identities and a val.bin; ``shuffle=False`` stores them grouped by
+    identity, with insightface's identity records after the images."""
+    synth_dataset(
+        root,
+        SynthConfig(
+            identities=IDENTITIES, images_per_identity=IMAGES_PER_IDENTITY, val_identities=4,
+            val_pairs=20, shuffle=shuffle,
+        ),
+        workers=1,
+    )  # fmt: skip
+    return root
+
+
+def demo_overrides(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        f"--data.root={data}", f"--train.output_dir={out}", f"--eval.sets={data / 'val.bin'}",
+        "--data.global_batch_size=32", "--optim.warmup_steps=1", "--train.log_every=1", *extra,
+    ]  # fmt: skip
+
+
+def train(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m partialfc.train configs/demo_cpu.toml ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "partialfc.train", str(DEMO), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def popen_train(*args: str, log: Path, torchrun: int = 0) -> subprocess.Popen:
+    """The same, in the background (under torchrun with ``torchrun`` processes when > 0)."""
+    launcher = (
+        ["-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--rdzv-backend=c10d",
+         "--rdzv-endpoint=localhost:0"]
+        if torchrun else []
+    )  # fmt: skip
+    cmd = [sys.executable, *launcher, "-m", "partialfc.train", str(DEMO), *args]
+    out = open(log, "w")  # noqa: SIM115 - the child holds it
+    return subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("error")]
+
+
+def checkpoint_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor a checkpoint holds (one process reads any world size's checkpoint)."""
+    meta = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    state = {
+        k: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+        for k, m in meta.items()
+        if hasattr(m, "size") and hasattr(m, "properties")
+    }
+    dcp.load(state, checkpoint_id=path, no_dist=True)
+    return state
