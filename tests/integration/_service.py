@@ -61,7 +61,9 @@ def popen_train(*args: str, log: Path, torchrun: int = 0) -> subprocess.Popen:
     )  # fmt: skip
     cmd = [sys.executable, *launcher, "-m", "partialfc.train", str(DEMO), *args]
     out = open(log, "w")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def error_lines(text: str) -> list[str]:

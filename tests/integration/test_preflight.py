@@ -117,7 +117,7 @@ def test_idx_offset_past_the_rec_end_is_found_at_preflight(data, tmp_path) -> No
     lines[7] = f"{key}\t{(copy / 'train.rec').stat().st_size + 4096}"
     idx.write_text("\n".join(lines) + "\n")
     _assert_user_error(
-        _check(copy, tmp_path / "run"), f"offset(s) lie outside the", f"first key {key}"
+        _check(copy, tmp_path / "run"), "offset(s) lie outside the", f"first key {key}"
     )
 
 
