@@ -94,6 +94,15 @@ export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 metrics=()
 [[ -z "${PARTIALFC_METRICS_PORT:-}" ]] || metrics=("--metrics.port=$PARTIALFC_METRICS_PORT")
 
+# Preflight on this node before torchrun spawns anything (see launch/train.sh). The lock on
+# output_dir is left to the run: another node's rank 0 may hold it already. An elastic run is
+# checked at its smallest size.
+if [[ -z "${PARTIALFC_SKIP_PREFLIGHT:-}" ]]; then
+    "$python" -m partialfc.train "$config" "${metrics[@]}" "$@" --check --no-lock-check \
+        --world-size "$((${nnodes%%:*} * nproc_per_node))" --local-ranks "$nproc_per_node" ||
+        exit $?
+fi
+
 echo "launch/multinode.sh: nnodes=$nnodes nproc=$nproc_per_node rendezvous=$rdzv_endpoint" \
     "id=$rdzv_id node_rank=${node_rank:-auto} max_restarts=$max_restarts" >&2
 exec "$python" -m torch.distributed.run --nnodes="$nnodes" --nproc-per-node="$nproc_per_node" \

@@ -55,6 +55,14 @@ export TORCH_ELASTIC_SHUTDOWN_TIMEOUT="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}"
 metrics=()
 [[ -z "${PARTIALFC_METRICS_PORT:-}" ]] || metrics=("--metrics.port=$PARTIALFC_METRICS_PORT")
 
+# Preflight before torchrun spawns anything: every config, dataset, eval-set, output_dir, port and
+# checkpoint problem as one line (exit 2), instead of a traceback from each process and restarts.
+# PARTIALFC_SKIP_PREFLIGHT=1 skips it (the workers still check before their first step).
+if [[ -z "${PARTIALFC_SKIP_PREFLIGHT:-}" ]]; then
+    "$python" -m partialfc.train "$config" "${metrics[@]}" "$@" --check \
+        --world-size "$nproc_per_node" || exit $?
+fi
+
 # --standalone: a c10d rendezvous on localhost with a free port, so two runs never clash.
 exec "$python" -m torch.distributed.run --standalone --nnodes=1 \
     --nproc-per-node="$nproc_per_node" --max-restarts="$max_restarts" \

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from tests.integration._service import (
     IDENTITIES,
     IMAGES_PER_IDENTITY,
+    REPO,
     demo_overrides,
     error_lines,
     make_dataset,
@@ -165,3 +168,18 @@ def test_resuming_with_another_shape_names_both_values_and_the_checkpoint(data, 
     _assert_user_error(run, "model.embedding_size: the checkpoint")
     ok = _check(data, out, "--train.max_steps=6")
     assert ok.returncode == 0 and f"resumes {ckpt} at step 3" in ok.stdout, ok.stderr
+
+
+def test_the_launcher_checks_before_torchrun_spawns_anything(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    missing = tmp_path / "agedb_30.bin"
+    result = subprocess.run(
+        ["bash", str(REPO / "launch" / "train.sh"), "--nproc", "2", str(REPO / "configs" / "demo_cpu.toml"),
+         *demo_overrides(data, out), f"--eval.sets={missing}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHON": sys.executable},
+    )  # fmt: skip
+    lines = _assert_user_error(result, f"eval.sets: {missing}")
+    assert len(lines) == 1, result.stderr
+    # torchrun never started: no agent banner, no worker output, nothing written.
+    assert "torch.distributed" not in result.stderr and not out.exists()
