@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+from partialfc.errors import debug_requested, run_reporting_user_errors
 from partialfc.train.config import Config
 from partialfc.train.runtime import init_runtime, shutdown
 from partialfc.train.trainer import Trainer
@@ -19,6 +20,12 @@ STOPPED_EARLY = 143
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # A user error (config, dataset, busy metrics port) is one line and exit 2, no traceback.
+    args = [a for a in argv if a != "--verbose"]
+    return run_reporting_user_errors(lambda: _train(args), debug=debug_requested(argv))
+
+
+def _train(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         print(

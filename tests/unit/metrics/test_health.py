@@ -5,12 +5,16 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from partialfc.errors import UserError
 from partialfc.metrics import MetricsPortError, StallWatch, port_problem
 from partialfc.metrics.ports import bind_error
+from partialfc.train.config import Config
+
+DEMO = Path(__file__).resolve().parents[3] / "configs" / "demo_cpu.toml"
 
 
 class Clock:
@@ -48,6 +52,22 @@ def test_the_stall_clock_starts_at_creation_and_restarts_at_each_completed_step(
 def test_stall_seconds_must_be_positive_and_finite(bad: float) -> None:
     with pytest.raises(ValueError, match="stall_seconds"):
         StallWatch(bad)
+
+
+def test_metrics_config_has_host_and_stall_seconds_with_their_defaults_and_checks() -> None:
+    cfg = Config.load(DEMO, ["--metrics.host", "127.0.0.1", "--metrics.stall_seconds", "90"])
+    assert (cfg.metrics.host, cfg.metrics.stall_seconds) == ("127.0.0.1", 90.0)
+    default = Config.load(DEMO, [])
+    assert (default.metrics.host, default.metrics.stall_seconds) == ("0.0.0.0", 1800.0)
+    for key, value, accepted in [
+        ("stall_seconds", "0", "> 0, got 0.0"),
+        ("stall_seconds", "-5", "> 0, got -5.0"),
+        ("stall_seconds", "nan", "> 0, got nan"),
+        ("host", "", "such as 0.0.0.0, 127.0.0.1 or ::, got ''"),
+        ("host", "127.0.0.1 9100", "got '127.0.0.1 9100'"),
+    ]:
+        with pytest.raises(UserError, match=f"^metrics.{key}: must be .*{accepted}"):
+            Config.load(DEMO, [f"--metrics.{key}", value])
 
 
 def _get(url: str) -> tuple[int, str]:
