@@ -1,6 +1,9 @@
 """Container health: GET /healthz of local rank 0's metrics server (exit 0 healthy, 1 not).
 
-The port is PARTIALFC_METRICS_PORT, the variable the launchers turn into --metrics.port.
+The trainer answers 200 while its steps complete and 503 once none has for
+``metrics.stall_seconds``; no answer within 5 s (a stopped process) is unhealthy too. The port is
+PARTIALFC_METRICS_PORT, the variable the launchers turn into --metrics.port; the address is
+127.0.0.1, which ``metrics.host`` = 0.0.0.0 (the default) or 127.0.0.1 includes.
 """
 
 import os

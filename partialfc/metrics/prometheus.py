@@ -8,12 +8,15 @@ dependency (extra ``metrics``), imported when a sink is created.
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from partialfc.metrics.ports import address_family, bind_error
 
 PREFIX = "partialfc_"
 # Buckets for step-phase times: 1 ms .. ~2 min, roughly x2 apart.
@@ -22,6 +25,11 @@ TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    allow_reuse_port = False  # SO_REUSEPORT would let a second run share the port silently
+
+
+class _ThreadingServer6(_ThreadingServer):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -44,7 +52,15 @@ class PrometheusSink:
         port: TCP port to listen on (0: any free port; see ``self.port``).
         host: interface to bind.
         rank: value of the ``rank`` label.
-        healthy: called by ``/healthz``; a false result answers 503.
+        healthy: called by ``/healthz`` on the server's thread; a false result answers 503. It
+            must not wait for the training thread (which may be the thing that is stuck).
+        progress_age: seconds since the last training step (see
+            :class:`partialfc.metrics.health.StallWatch`); exported as the gauge
+            ``partialfc_seconds_since_step`` and quoted by an unhealthy ``/healthz``.
+
+    Raises:
+        MetricsPortError: the port is in use, privileged, or ``host`` is not an address of this
+            machine (a user error naming the port or the host).
     """
 
     def __init__(
@@ -53,6 +69,7 @@ class PrometheusSink:
         host: str = "0.0.0.0",
         rank: int = 0,
         healthy: Callable[[], bool] | None = None,
+        progress_age: Callable[[], float] | None = None,
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
@@ -90,6 +107,14 @@ class PrometheusSink:
             ("memory_bytes", "Peak accelerator (or host) memory of this process"),
         ):
             self._gauges[name] = Gauge(f"{PREFIX}{name}", help_, labels, registry=self.registry)
+        if progress_age is not None:
+            since = Gauge(
+                f"{PREFIX}seconds_since_step",
+                "Seconds since this process last completed a training step",
+                labels,
+                registry=self.registry,
+            )
+            since.labels(self._rank).set_function(progress_age)
         self._healthy = healthy or (lambda: True)
         metrics_app = make_wsgi_app(self.registry)
 
@@ -99,10 +124,20 @@ class PrometheusSink:
                 start_response(
                     "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
                 )
-                return [b"ok\n" if ok else b"unhealthy\n"]
+                if ok:
+                    return [b"ok\n"]
+                if progress_age is None:
+                    return [b"unhealthy\n"]
+                return [f"unhealthy: no training step for {progress_age():.0f} s\n".encode()]
             return metrics_app(environ, start_response)
 
-        self._server = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        server_class = (
+            _ThreadingServer6 if address_family(host) == socket.AF_INET6 else _ThreadingServer
+        )
+        try:
+            self._server = make_server(host, port, app, server_class, handler_class=_QuietHandler)
+        except OSError as err:
+            raise bind_error(host, port, err) from None
         self.port = self._server.server_port
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="partialfc-metrics", daemon=True

@@ -332,11 +332,34 @@ class MetricsConfig:
 
     port: int = 0
     """Prometheus endpoint on port + local_rank; 0 disables."""
+    host: str = "0.0.0.0"
+    """Address the metrics and /healthz server binds (127.0.0.1: this machine only; :: IPv6)."""
+    stall_seconds: float = 1800.0
+    """/healthz answers 503 once no step has completed for this long (counted from the start)."""
     jsonl: bool = True
     """Write output_dir/metrics.jsonl, one JSON object per step."""
 
+    # host: 0.0.0.0 by default because Prometheus and the Kubernetes probes reach the pod at its
+    # own address; 127.0.0.1 suits a shared workstation (and still answers the Docker healthcheck).
+    # stall_seconds: the longest legitimate gap between two completed steps is the first one
+    # (startup, including a resume that reads a checkpoint of the whole head) or a step followed
+    # by an evaluation of the .bin sets and a checkpoint write (about 4 GB per million identities
+    # with momentum, minutes on a slow shared file system): 1800 s leaves a wide margin. Hung
+    # collectives also end after 30 minutes (the process group's timeout), but a hang outside one
+    # (a data loader on a dead mount, a deadlock) never does: only /healthz reports it.
+
     def __post_init__(self) -> None:
         _check(0 <= self.port < 65536, "metrics.port", f"must be in [0, 65535], got {self.port}")
+        _check(
+            bool(self.host) and not any(c.isspace() for c in self.host),
+            "metrics.host",
+            f"must be an address such as 0.0.0.0, 127.0.0.1 or ::, got {self.host!r}",
+        )
+        _check(
+            0 < self.stall_seconds < float("inf"),
+            "metrics.stall_seconds",
+            f"must be a number of seconds > 0, got {self.stall_seconds}",
+        )
 
 
 @dataclass(frozen=True)

@@ -273,7 +273,7 @@ def _check_ports(pf: Preflight, local_ranks: range) -> None:
     m = pf.cfg.metrics
     if not m.port:
         return
-    from partialfc.metrics.prometheus import port_problem
+    from partialfc.metrics import port_problem
 
     for local_rank in local_ranks:
         problem = port_problem(m.host, m.port + local_rank)

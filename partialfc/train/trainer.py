@@ -34,7 +34,14 @@ from partialfc import backbones
 from partialfc.distributed import all_reduce_max, broadcast_buffers, use_global_loss_gradients
 from partialfc.errors import UserError
 from partialfc.heads import PartialFC
-from partialfc.metrics import JsonlSink, MetricSink, MultiSink, PrometheusSink
+from partialfc.metrics import (
+    JsonlSink,
+    MetricSink,
+    MetricsPortError,
+    MultiSink,
+    PrometheusSink,
+    StallWatch,
+)
 from partialfc.optim import SparseSGD
 from partialfc.seeding import mix_seed
 from partialfc.train import checkpoint
@@ -60,6 +67,9 @@ class Trainer:
     def __init__(self, cfg: Config, rt: Runtime) -> None:
         self.cfg, self.rt = cfg, rt
         self.output_dir = Path(cfg.train.output_dir)
+        # First: /healthz's stall clock starts with the trainer (startup and resume included),
+        # and a busy metrics port is reported before the dataset and the model are built.
+        self.sink = self._build_sink()
         if cfg.data.global_batch_size % (rt.world_size * cfg.train.grad_accum):
             raise ValueError(
                 f"data.global_batch_size ({cfg.data.global_batch_size}) must be divisible by the world "
@@ -123,22 +133,35 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.last_checkpoint_time = time.time()
         self._stop_requested = False
-        self.sink = self._build_sink()
 
     # ------------------------------------------------------------------ setup helpers
 
     def _build_sink(self) -> MetricSink:
+        """The run's sinks, and ``self.health``: healthy while steps complete (see fit)."""
+        m, rt = self.cfg.metrics, self.rt
+        self.health = StallWatch(m.stall_seconds)
         sinks: list[MetricSink] = []
-        if self.cfg.metrics.jsonl and self.rt.is_main:
-            sinks.append(JsonlSink(self.output_dir / "metrics.jsonl"))
-        if self.cfg.metrics.port:
-            sinks.append(
-                PrometheusSink(
-                    self.cfg.metrics.port + self.rt.local_rank,
-                    rank=self.rt.rank,
-                    healthy=lambda: True,
+        if m.port:  # before the JSON lines: a busy port must leave no file behind
+            port = m.port + rt.local_rank
+            try:
+                # The server thread reads the watch's clock only: it answers while this thread
+                # is stuck in a collective.
+                server = PrometheusSink(
+                    port,
+                    host=m.host,
+                    rank=rt.rank,
+                    healthy=self.health.healthy,
+                    progress_age=self.health.seconds_since_progress,
                 )
-            )
+            except MetricsPortError as err:
+                key = f"metrics.host = {m.host!r}" if err.about_host else f"metrics.port = {m.port}"
+                raise UserError(
+                    f"{key}: rank {rt.rank} (local rank {rt.local_rank}) serves /metrics and "
+                    f"/healthz on port {port} (metrics.port + local rank), but {err.problem}"
+                ) from None
+            sinks.append(server)
+        if m.jsonl and rt.is_main:
+            sinks.append(JsonlSink(self.output_dir / "metrics.jsonl"))
         return MultiSink(sinks)
 
     def _install_signal_handlers(self) -> None:
@@ -353,7 +376,8 @@ class Trainer:
             t_data = time.perf_counter() - t0
             loss, info = self.train_step(images, labels)
             step_time = time.perf_counter() - t0
-            loss_value = float(loss)
+            loss_value = float(loss)  # waits for the step's kernels (and collectives) to finish
+            self.health.step_completed()
             losses.append(loss_value)
             values = {
                 "loss": loss_value,

@@ -7,6 +7,7 @@ bash -n and shellcheck on the launchers."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -205,6 +206,42 @@ def test_the_k8s_config_copies_follow_the_shipped_configs() -> None:
     demo["train"]["output_dir"] = "/checkpoints/demo"
     demo["eval"]["sets"] = ["/data/demo/val.bin"]
     assert smoke == demo
+
+
+def _probe_window(probe: dict[str, Any]) -> int:
+    """Seconds of failed answers before the kubelet acts (Kubernetes' defaults: 10 s x 3)."""
+    return probe.get("periodSeconds", 10) * probe.get("failureThreshold", 3)
+
+
+def test_startup_and_liveness_probes_ask_rank_0s_healthz_within_the_launcher_and_config_bounds(
+    rendered, tmp_path: Path
+) -> None:
+    _, docs = rendered
+    (text,) = one(docs, "ConfigMap")["data"].values()
+    (tmp_path / "train.toml").write_text(text)
+    stall = Config.load(tmp_path / "train.toml").metrics.stall_seconds
+    launcher = (REPO / "launch" / "multinode.sh").read_text()
+    (default_join,) = re.findall(r"RDZV_JOIN_TIMEOUT:-(\d+)", launcher)
+    for where, template in pod_templates(docs).items():
+        container = trainer(template)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        join = int(env.get("RDZV_JOIN_TIMEOUT") or default_join)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        startup, liveness = container["startupProbe"], container["livenessProbe"]
+        for probe in (startup, liveness):
+            # Local rank 0's server: the port the launchers pass as --metrics.port.
+            assert probe["httpGet"]["path"] == "/healthz", where
+            assert ports[probe["httpGet"]["port"]] == int(env["PARTIALFC_METRICS_PORT"]), where
+            assert probe["timeoutSeconds"] >= 5, f"{where}: a busy process answers slowly"
+        # No server listens while the launcher waits for the rendezvous host's name and then
+        # for the rendezvous (each up to the join timeout), nor while torch is imported.
+        assert _probe_window(startup) >= 2 * join + 300, where
+        # An elastic restart in the container re-forms the rendezvous within the join timeout;
+        # /healthz already waits stall_seconds, so the probe adds less than that on top.
+        assert join + 300 <= _probe_window(liveness) < stall, where
+        # A checkpoint write must fit in the grace period; a step, an evaluation and that write
+        # must fit in stall_seconds.
+        assert stall > template["spec"]["terminationGracePeriodSeconds"], where
 
 
 def test_indexed_job_nodes_rendezvous_at_pod_zero() -> None:
