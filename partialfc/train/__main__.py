@@ -88,11 +88,9 @@ def _main(argv: list[str]) -> int:
         print("preflight: OK")
         return 0
     # Every process checks before the process group forms; the lock is rank 0's (below), and each
-    # rank checks only its own metrics port.
+    # rank's metrics port is found busy when the trainer binds it, first thing.
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     preflight.check(cfg, world, local_ranks=range(0), check_lock=False)
-    preflight.check_own_port(cfg, local_rank)
     return _train(cfg)
 
 

@@ -112,14 +112,6 @@ def check(cfg: Config, world_size: int = 1, **kwargs) -> Preflight:
     return pf
 
 
-def check_own_port(cfg: Config, local_rank: int) -> None:
-    """This process's metrics port (``metrics.port + local_rank``) is free, or a UserError."""
-    pf = Preflight(cfg, 1)
-    _check_ports(pf, range(local_rank, local_rank + 1))
-    if pf.problems:
-        raise UserError(*pf.problems)
-
-
 def _check_batching(pf: Preflight) -> None:
     c = pf.cfg
     split = pf.world_size * c.train.grad_accum

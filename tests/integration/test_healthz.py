@@ -45,6 +45,7 @@ def _demo(data: Path, output: Path, *overrides: str) -> list[str]:
         f"--data.root={data}",
         f"--eval.sets={data / 'val.bin'}",
         f"--train.output_dir={output}",
+        "--data.global_batch_size=32",  # 160 images: 5 steps an epoch, more than the warmup
     ]
     return ["-m", "partialfc.train", str(DEMO), *paths, *overrides]
 
@@ -219,7 +220,9 @@ def test_a_busy_metrics_port_is_one_line_naming_it_and_exit_2(
         f"error: metrics.port = {port}: rank 0 (local rank 0) serves /metrics and /healthz on port "
         f"{port} (metrics.port + local rank), but port {port} on 0.0.0.0 {BUSY}\n"
     )
-    assert not (tmp_path / "run").exists(), "found before any work: nothing written"
+    # Found before any work: nothing but the output_dir lock (taken first) is written.
+    written = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert written == [".partialfc.lock"], written
 
 
 def test_a_busy_port_of_local_rank_1_names_that_rank_under_torchrun(
@@ -234,7 +237,7 @@ def test_a_busy_port_of_local_rank_1_names_that_rank_under_torchrun(
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert out.returncode != 0
     line = (
-        f"error: metrics.port = {port}: rank 1 (local rank 1) serves /metrics and /healthz on port "
+        f"error (rank 1): metrics.port = {port}: rank 1 (local rank 1) serves /metrics and /healthz on port "
         f"{port + 1} (metrics.port + local rank), but port {port + 1} on 0.0.0.0 {BUSY}"
     )
     lines = (out.stdout + out.stderr).splitlines()

@@ -183,3 +183,15 @@ def test_the_launcher_checks_before_torchrun_spawns_anything(data, tmp_path) -> 
     assert len(lines) == 1, result.stderr
     # torchrun never started: no agent banner, no worker output, nothing written.
     assert "torch.distributed" not in result.stderr and not out.exists()
+
+
+def test_check_finds_the_busy_metrics_port_of_any_local_rank(data, tmp_path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _check(data, tmp_path / "run", f"--metrics.port={port - 1}", "--world-size=2")
+    lines = _assert_user_error(result, f"metrics.port: local rank 1 serves on {port - 1} + 1:")
+    assert len(lines) == 1 and f"port {port}" in lines[0], lines
