@@ -47,6 +47,7 @@ from partialfc.data.staging import (
     sigterm_raises,
     staged_folder,
 )
+from partialfc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,11 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if self.img_fmt not in (".jpg", ".png"):
-            raise ValueError(f"img_fmt must be '.jpg' or '.png', got {self.img_fmt!r}")
+            raise ConfigError(f"img_fmt must be '.jpg' or '.png', got {self.img_fmt!r}")
         if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+            raise ConfigError(f"quality must be in 1..100, got {self.quality}")
         if self.pass_through and self.resize is not None:
-            raise ValueError("pass_through cannot be combined with resize")
+            raise ConfigError("pass_through cannot be combined with resize")
 
 
 def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, int]]:
@@ -275,21 +276,21 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format != "jpg" and args.pass_through:
         log.warning("--format has no effect with --pass-through: files are stored as they are")
-    # Before listing and encoding anything: a refused output folder costs the user nothing.
-    check_target(Path(args.out_dir).resolve(), OUTPUT_FILES, args.overwrite, _COMMAND)
-    source = Path(args.source)
-    if source.suffix == ".lst":
-        found = ImageList(*read_lst(source, args.root))
-    else:
-        found = scan_image_folder(source)
     options = EncodeOptions(
         resize=args.resize,
         img_fmt=f".{args.format}",
         quality=args.quality,
         pass_through=args.pass_through,
     )
+    # Before listing and encoding anything: a refused output folder costs the user nothing.
+    check_target(Path(args.out_dir).resolve(), OUTPUT_FILES, args.overwrite, _COMMAND)
     try:
         with sigterm_raises():
+            source = Path(args.source)
+            if source.suffix == ".lst":
+                found = ImageList(*read_lst(source, args.root))
+            else:
+                found = scan_image_folder(source)
             prop = pack_images(
                 found.paths,
                 found.labels,
@@ -303,10 +304,13 @@ def run(args: argparse.Namespace) -> int:
                 overwrite=args.overwrite,
             )
     except (KeyboardInterrupt, Terminated) as stop:
-        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated (SIGTERM)"
-        print(f"{_COMMAND}: {what}; {args.out_dir} is replaced only by a complete pack",
-              file=sys.stderr)  # fmt: skip
-        return 130 if isinstance(stop, KeyboardInterrupt) else SIGTERM_EXIT
+        ctrl_c = isinstance(stop, KeyboardInterrupt)
+        what = "interrupted" if ctrl_c else "terminated (SIGTERM)"
+        print(
+            f"{_COMMAND}: {what}; {args.out_dir} is replaced only by a complete pack",
+            file=sys.stderr,
+        )
+        return 130 if ctrl_c else SIGTERM_EXIT
     if args.verbose:
         for skipped in found.skipped:
             print(skipped)

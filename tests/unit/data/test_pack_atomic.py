@@ -219,3 +219,18 @@ def test_interrupted_pack_keeps_the_dataset(packed: Path, tmp_path, signum, stat
 
 def _images(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.png"))
+
+
+def test_leftovers_of_a_killed_pack_are_reported(packed: Path, tmp_path, caplog) -> None:
+    # what SIGKILL leaves: the unfinished folder, or the old content if it hit the final swap
+    (packed.parent / ".out.partial-k1ll3d").mkdir()
+    (packed.parent / ".out.replaced-0ld0").mkdir()
+    images = write_image_folder(tmp_path / "more", identities=2, per_identity=2)
+    argv = ["pack", str(images), str(packed), "--overwrite", "--workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"{packed.parent / '.out.partial-k1ll3d'}: an unfinished output of a killed or running "
+        "command; delete it",
+        f"{packed.parent / '.out.replaced-0ld0'}: the previous content of {packed}, left by a "
+        "command killed while swapping it in; move back what you need and delete it",
+    ]
