@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from partialfc.errors import debug_requested, run_reporting_user_errors
+
 # name -> (module, one-line help). Modules are imported lazily so `partialfc --help` stays fast
 # and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.configure(command)
     args = command.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    # A user error (bad input file, refused output folder) is its one-line message and exit 2.
+    return run_reporting_user_errors(
+        lambda: int(module.run(args) or 0), debug=debug_requested(argv)
+    )
 
 
 if __name__ == "__main__":

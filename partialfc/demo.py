@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,9 +31,16 @@ import torch.nn.functional as F
 import partialfc as pfc
 from partialfc.distributed import all_gather_no_grad
 from partialfc.distributed.local import run_local
+from partialfc.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo_cpu.toml"
+MARKER = ".partialfc-demo.json"
+"""Written into the demo's --out folder: it claims the folder and lists what the demo created."""
+DATA_DIR = "data"
+# What a run (torchrun, the trainer, the export) may leave that the demo did not record, because
+# the run was killed before it could: the next run would resume from it, so it is refused.
+_RUN_OUTPUTS = ("step-*", ".step-*", "metrics.jsonl")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +48,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--head-only", action="store_true", help="only the head on synthetic embeddings"
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/demo"), help="output folder (full demo)"
+        "--out",
+        type=Path,
+        default=Path("runs/demo"),
+        help="output folder (full demo): new, empty, or one an earlier demo created",
     )
     parser.add_argument(
         "--epochs", type=int, default=None, help="override train.epochs (full demo)"
@@ -126,24 +139,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _full_demo(args: argparse.Namespace) -> int:
-    from partialfc.data.synth import SynthConfig, synth_dataset
-    from partialfc.export import export_onnx, load_backbone
-
     if not DEMO_CONFIG.exists():
         raise SystemExit(f"partialfc demo: {DEMO_CONFIG} not found; run it from a source checkout")
     out = args.out
-    data = out / "data"
+    claim_out_dir(out)  # before any work: refuses a folder the demo did not create
+    with recording_outputs(out):
+        return _synth_train_export(args, out)
+
+
+def _synth_train_export(args: argparse.Namespace, out: Path) -> int:
+    from partialfc.data.synth import SynthConfig, synth_dataset
+    from partialfc.export import export_onnx, load_backbone
+
+    data = out / DATA_DIR
     if not (data / "property").exists():
         print(f"[1/3] generating the synthetic face set in {data}", flush=True)
         synth_dataset(data, SynthConfig(seed=args.seed), progress=True)
     else:
         print(f"[1/3] using the synthetic face set in {data}", flush=True)
-    for old in [
-        *out.glob("step-*"),
-        *out.glob(".step-*"),
-        *out.glob("metrics.jsonl"),
-    ]:  # a fresh run
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
     overrides = [
         f"--data.root={data}", f"--train.output_dir={out}", f"--eval.sets={data / 'val.bin'}",
         f"--train.seed={args.seed}",
@@ -176,3 +189,72 @@ def _full_demo(args: argparse.Namespace) -> int:
     print("accuracy by step: " + ", ".join(f"{r['step']}: {r['eval/val']:.3f}" for r in evals))
     print(f"ONNX model {out / 'model.onnx'} (onnxruntime matches PyTorch to {worst:.1e})")
     return 0
+
+
+# --------------------------------------------------------------------------- the --out folder
+#
+# The demo starts afresh each time, so it deletes its previous run's checkpoints and metrics; it
+# must never delete anything else. It therefore claims the folder with a marker file and records
+# in it every entry its runs create; only those are deleted. The synthetic data set is kept and
+# reused.
+
+
+def claim_out_dir(out: Path) -> None:
+    """Makes ``out`` the demo's folder, removing what earlier demo runs recorded creating there.
+
+    Raises:
+        UserError: ``out`` is a file, or a non-empty folder the demo did not create, or a demo
+            folder holding checkpoints or metrics that no demo run recorded.
+    """
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo --out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not marker.is_file():
+        raise UserError(
+            f"demo --out {out}: the folder is not empty and was not created by partialfc demo "
+            f"(no {MARKER}); the demo deletes its previous run's checkpoints and metrics in its "
+            "folder, so give it a new or empty one"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    created = _read_marker(marker)
+    for name in created:
+        old = out / name
+        shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink(missing_ok=True)
+    _write_marker(marker, [])
+    unknown = sorted(p.name for pattern in _RUN_OUTPUTS for p in out.glob(pattern))
+    if unknown:
+        raise UserError(
+            f"demo --out {out}: holds {', '.join(unknown)}, which no demo run recorded creating "
+            "(a run killed outright, or files put there); delete them or give another folder"
+        )
+
+
+@contextmanager
+def recording_outputs(out: Path) -> Iterator[None]:
+    """Records in the marker every entry of ``out`` that appears within the block (even if it
+    fails or is interrupted), except the reusable data set."""
+    before = set(os.listdir(out))
+    try:
+        yield
+    finally:
+        new = set(os.listdir(out)) - before - {MARKER, DATA_DIR}
+        _write_marker(out / MARKER, sorted(new | set(_read_marker(out / MARKER))))
+
+
+def _read_marker(marker: Path) -> list[str]:
+    if not marker.is_file():
+        return []
+    try:
+        created = json.loads(marker.read_text())["created"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{marker}: not a partialfc demo marker; delete it") from None
+    # only plain names: a marker edited to say "../x" must not delete outside the folder
+    return [
+        n for n in created if isinstance(n, str) and n and "/" not in n and n not in ("..", ".")
+    ]
+
+
+def _write_marker(marker: Path, created: list[str]) -> None:
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({"created_by": "partialfc demo", "created": created}, indent=1))
+    os.replace(tmp, marker)

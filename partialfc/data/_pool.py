@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -34,9 +35,23 @@ def ordered_map(
             return
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_worker_signals) as pool:
             for item in pool.imap(fn, tasks, chunksize=chunksize):
                 yield item
                 bar.update()
     finally:
         bar.close()
+
+
+def _worker_signals() -> None:
+    # Ctrl-C reaches the whole process group: only the parent handles it (it stops the pool and
+    # cleans up), instead of every worker printing its own KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (sent to the group, or by Pool.terminate) ends a worker through SystemExit rather
+    # than the default action: an idle worker waits for tasks holding the task queue's lock, and
+    # one killed outright never releases it, so the parent's Pool.terminate would wait forever.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

@@ -4,6 +4,12 @@ Input is a folder with one sub-folder per identity, or an im2rec-style ``.lst`` 
 (``index<TAB>label<TAB>path`` per line, paths relative to ``--root``). Images are re-encoded in
 parallel (or copied as they are with ``--pass-through``); the output is byte-identical for the
 same inputs, options and seed, whatever the number of workers.
+
+The dataset is built in a hidden folder beside the output and renamed into place at the end
+(:mod:`partialfc.data.staging`): a pack that fails (an unreadable image, Ctrl-C, SIGTERM) leaves
+an earlier dataset in the output folder as it was, and replacing one needs ``--overwrite``.
+Besides ``train.rec``, ``train.idx`` and ``property`` it writes ``labels.tsv``, the identity
+behind each label.
 """
 
 from __future__ import annotations
@@ -12,18 +18,57 @@ import argparse
 import io
 import logging
 import os
+import sys
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from partialfc.data._pool import ordered_map
-from partialfc.data.layout import PROPERTY_FILE, Property, write_records
+from partialfc.data.image_list import (
+    IMAGE_SUFFIXES,
+    LABELS_FILE,
+    ImageList,
+    PackError,
+    identity_names,
+    list_image_folder,
+    read_labels,
+    read_lst,
+    scan_image_folder,
+    write_labels,
+)
+from partialfc.data.layout import IDX_FILE, PROPERTY_FILE, REC_FILE, Property, write_records
+from partialfc.data.staging import (
+    SIGTERM_EXIT,
+    Terminated,
+    check_target,
+    sigterm_raises,
+    staged_folder,
+)
+from partialfc.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+OUTPUT_FILES = (REC_FILE, IDX_FILE, PROPERTY_FILE, LABELS_FILE)
+"""What ``pack`` writes: ``--overwrite`` replaces these; other files in the folder are kept."""
+_COMMAND = "partialfc pack"
+
+# The folder and .lst readers live in image_list; their names stay importable from here.
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "OUTPUT_FILES",
+    "EncodeOptions",
+    "ImageList",
+    "PackError",
+    "encode_file",
+    "list_image_folder",
+    "pack_images",
+    "read_labels",
+    "read_lst",
+    "scan_image_folder",
+]
 
 
 @dataclass(frozen=True)
@@ -41,89 +86,18 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if self.img_fmt not in (".jpg", ".png"):
-            raise ValueError(f"img_fmt must be '.jpg' or '.png', got {self.img_fmt!r}")
+            raise ConfigError(f"img_fmt must be '.jpg' or '.png', got {self.img_fmt!r}")
         if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+            raise ConfigError(f"quality must be in 1..100, got {self.quality}")
         if self.pass_through and self.resize is not None:
-            raise ValueError("pass_through cannot be combined with resize")
-
-
-def list_image_folder(image_dir: str | os.PathLike[str]) -> tuple[list[Path], list[int], int]:
-    """Lists ``image_dir/<identity>/<image>``: identities sorted by name get labels 0, 1, ...
-
-    Returns:
-        ``(paths, labels, num_classes)``, paths sorted by identity then file name.
-    """
-    root = Path(image_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    paths: list[Path] = []
-    labels: list[int] = []
-    identities = sorted(p for p in root.iterdir() if p.is_dir())
-    label = 0
-    for identity in identities:
-        files = sorted(
-            p for p in identity.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
-            continue  # a folder without images is not an identity
-        paths += files
-        labels += [label] * len(files)
-        label += 1
-    if not paths:
-        raise ValueError(
-            f"{root}: no images found in <identity>/<image> sub-folders "
-            f"(suffixes {', '.join(IMAGE_SUFFIXES)})"
-        )
-    return paths, labels, label
-
-
-def read_lst(
-    lst_path: str | os.PathLike[str],
-    root: str | os.PathLike[str] | None = None,
-) -> tuple[list[Path], list[int], int]:
-    """Reads an im2rec ``.lst`` file: ``index<TAB>label<TAB>path`` per line.
-
-    Args:
-        lst_path: the list file.
-        root: folder the paths are relative to (default: the list's folder).
-
-    Returns:
-        ``(paths, labels, num_classes)`` in file order, ``num_classes = max(label) + 1``.
-    """
-    lst_path = Path(lst_path)
-    if not lst_path.is_file():
-        raise FileNotFoundError(f".lst file not found: {lst_path}")
-    base = Path(root) if root is not None else lst_path.parent
-    paths: list[Path] = []
-    labels: list[int] = []
-    for lineno, line in enumerate(lst_path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        try:
-            if len(fields) != 3:
-                raise ValueError
-            label = float(fields[1])
-            if not label.is_integer() or label < 0:
-                raise ValueError
-        except ValueError:
-            raise ValueError(
-                f"{lst_path}, line {lineno}: expected 'index<TAB>label<TAB>path' with one "
-                f"non-negative integer label, got {line!r}"
-            ) from None
-        paths.append(base / fields[2])
-        labels.append(int(label))
-    if not paths:
-        raise ValueError(f"{lst_path}: no entries")
-    return paths, labels, max(labels) + 1
+            raise ConfigError("pass_through cannot be combined with resize")
 
 
 def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, int]]:
     """Reads one image file and returns ``(payload, (height, width))``.
 
     Raises:
-        ValueError: the file cannot be read as an image (the message names it).
+        PackError: the file cannot be read as an image (the message names it).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -132,9 +106,7 @@ def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, i
             data = path.read_bytes()
             with Image.open(io.BytesIO(data)) as image:
                 if image.format not in ("JPEG", "PNG"):
-                    raise ValueError(
-                        f"{path}: --pass-through needs JPEG or PNG, got {image.format}"
-                    )
+                    raise PackError(f"{path}: --pass-through needs JPEG or PNG, got {image.format}")
                 return data, (image.height, image.width)
         with Image.open(path) as image:
             image = image.convert("RGB")
@@ -148,7 +120,7 @@ def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, i
                 image.save(buf, format="PNG")
             return buf.getvalue(), (image.height, image.width)
     except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"{path}: cannot read image ({exc})") from exc
+        raise PackError(f"{path}: cannot read image ({exc})") from None
 
 
 def _encode_task(args: tuple[Path, EncodeOptions]) -> tuple[bytes, tuple[int, int]]:
@@ -165,32 +137,41 @@ def pack_images(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    *,
+    overwrite: bool = False,
 ) -> Property:
-    """Encodes ``paths`` and writes them as an insightface-layout dataset.
+    """Encodes ``paths`` and writes them as an insightface-layout dataset, with ``labels.tsv``.
+
+    Everything is written into a hidden folder beside ``out_dir`` that replaces ``out_dir`` only
+    once complete; on any error the hidden folder is removed and ``out_dir`` is untouched.
 
     Args:
         paths: image files.
         labels: class of each image, in ``[0, num_classes)``.
         num_classes: number of identities written to ``property``.
-        out_dir: output folder.
+        out_dir: output folder: missing, empty, or (with ``overwrite``) an earlier dataset.
         options: encoding options.
         shuffle: store the images in a random order drawn from ``seed``. DALI's reader shuffles
             only within a small buffer, so a class-sorted file would give it one-class batches.
         seed: seed of the shuffle.
         workers: encoding processes (default: all CPUs).
         progress: show a progress bar.
+        overwrite: replace the dataset already in ``out_dir`` (its other files are kept).
 
     Returns:
         The written :class:`Property`.
 
     Raises:
-        ValueError: an unreadable image, or images of different sizes without ``resize``.
+        PackError: an unreadable image, or images of different sizes without ``resize``.
+        UserError: ``out_dir`` holds a dataset and ``overwrite`` is false, or holds other things.
     """
     options = options or EncodeOptions()
     if not paths:
         raise ValueError("no images to pack")
     if len(paths) != len(labels):
         raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
+    names = identity_names(paths, labels, num_classes)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     order = np.arange(len(paths))
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(paths))
@@ -198,29 +179,40 @@ def pack_images(
     labels = [int(labels[i]) for i in order]
     if workers is None:
         workers = os.cpu_count() or 1
+    with staged_folder(out_dir, OUTPUT_FILES, overwrite, _COMMAND) as tmp:
+        sizes = _Sizes(options.resize)
+        # closing(): an error in the writer stops the encoding pool now, not at garbage collection
+        with closing(_payloads(paths, options, workers, progress, sizes)) as payloads:
+            write_records(tmp, payloads, labels, num_classes)
+        assert sizes.size is not None  # set by the first payload; there is at least one path
+        prop = Property(num_classes, *sizes.size)  # the size is known only now
+        prop.write(tmp / PROPERTY_FILE)
+        write_labels(tmp / LABELS_FILE, names, counts.tolist())
+    return prop
 
-    size: tuple[int, int] | None = options.resize
 
-    def payloads() -> Iterator[bytes]:
-        nonlocal size
-        encoded = ordered_map(
-            _encode_task, [(p, options) for p in paths], workers, "pack", progress, chunksize=32
-        )
+@dataclass
+class _Sizes:
+    size: tuple[int, int] | None
+
+
+def _payloads(
+    paths: Sequence[Path], options: EncodeOptions, workers: int, progress: bool, sizes: _Sizes
+) -> Iterator[bytes]:
+    """The encoded images in order; every one must have the first one's size."""
+    tasks = [(p, options) for p in paths]
+    encoded = ordered_map(_encode_task, tasks, workers, "pack", progress, chunksize=32)
+    with closing(encoded):
         for path, (payload, hw) in zip(paths, encoded, strict=True):
-            if size is None:
-                size = hw
-            elif hw != size:
-                raise ValueError(
-                    f"{path}: image is {hw[0]}x{hw[1]} but earlier images are {size[0]}x{size[1]};"
+            if sizes.size is None:
+                sizes.size = hw
+            elif hw != sizes.size:
+                h, w = sizes.size
+                raise PackError(
+                    f"{path}: image is {hw[0]}x{hw[1]} but earlier images are {h}x{w};"
                     " pass --resize HxW to pack images of different sizes"
                 )
             yield payload
-
-    out = write_records(out_dir, payloads(), labels, num_classes)
-    assert size is not None  # set by the first payload; there is at least one path
-    prop = Property(num_classes, *size)  # written last: the size is known only now
-    prop.write(out / PROPERTY_FILE)
-    return prop
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -237,7 +229,17 @@ def _size(text: str) -> tuple[int, int]:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Adds the ``pack`` arguments."""
     parser.add_argument("source", help="image folder (one sub-folder per identity) or a .lst file")
-    parser.add_argument("out_dir", help="output folder for train.rec, train.idx, property")
+    parser.add_argument(
+        "out_dir", help="output folder for train.rec, train.idx, property, labels.tsv"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the dataset already in OUT_DIR (its other files are kept)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="list every file and folder that is skipped"
+    )
     parser.add_argument(
         "--root", help="folder the .lst paths are relative to (default: its folder)"
     )
@@ -266,7 +268,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs ``partialfc pack``."""
+    """Runs ``partialfc pack``: 0 when packed, 130 on Ctrl-C, 143 on SIGTERM."""
     if args.quality != 95 and (args.format == "png" or args.pass_through):
         log.warning(
             "--quality has no effect with %s",
@@ -274,30 +276,50 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format != "jpg" and args.pass_through:
         log.warning("--format has no effect with --pass-through: files are stored as they are")
-    source = Path(args.source)
-    if source.suffix == ".lst":
-        paths, labels, num_classes = read_lst(source, args.root)
-    else:
-        paths, labels, num_classes = list_image_folder(source)
     options = EncodeOptions(
         resize=args.resize,
         img_fmt=f".{args.format}",
         quality=args.quality,
         pass_through=args.pass_through,
     )
-    prop = pack_images(
-        paths,
-        labels,
-        num_classes,
-        args.out_dir,
-        options,
-        shuffle=args.shuffle,
-        seed=args.seed,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
-    print(
-        f"packed {len(paths)} images of {prop.num_classes} identities, "
+    # Before listing and encoding anything: a refused output folder costs the user nothing.
+    check_target(Path(args.out_dir).resolve(), OUTPUT_FILES, args.overwrite, _COMMAND)
+    try:
+        with sigterm_raises():
+            source = Path(args.source)
+            if source.suffix == ".lst":
+                found = ImageList(*read_lst(source, args.root))
+            else:
+                found = scan_image_folder(source)
+            prop = pack_images(
+                found.paths,
+                found.labels,
+                found.num_classes,
+                args.out_dir,
+                options,
+                shuffle=args.shuffle,
+                seed=args.seed,
+                workers=args.workers,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+            )
+    except (KeyboardInterrupt, Terminated) as stop:
+        ctrl_c = isinstance(stop, KeyboardInterrupt)
+        what = "interrupted" if ctrl_c else "terminated (SIGTERM)"
+        print(
+            f"{_COMMAND}: {what}; {args.out_dir} is replaced only by a complete pack",
+            file=sys.stderr,
+        )
+        return 130 if ctrl_c else SIGTERM_EXIT
+    if args.verbose:
+        for skipped in found.skipped:
+            print(skipped)
+    line = (
+        f"packed {len(found.paths)} images of {prop.num_classes} identities, "
         f"{prop.height}x{prop.width}, into {args.out_dir}"
     )
+    if found.skipped:
+        line += f"; skipped {found.skipped_summary()}"
+        line += "" if args.verbose else " (--verbose lists them)"
+    print(line)
     return 0

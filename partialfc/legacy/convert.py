@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from partialfc.errors import UserError
 from partialfc.legacy import names
 from partialfc.legacy._mx import import_mxnet
 
@@ -204,15 +205,19 @@ def _config_json(backbone: str, emb: int, num_classes: int, state: dict[str, Any
 def torch_to_mxnet(checkpoint_path: str | Path, out_prefix: str, epoch: int = 0) -> Conversion:
     """Write a partialfc checkpoint's class centres (and iresnet backbone) as MXNet files.
 
+    The folder of ``out_prefix`` is created (parents too) if missing.
+
     Raises:
         FileNotFoundError: no complete checkpoint at ``checkpoint_path``.
         ValueError: it holds neither class centres nor a config.json naming an iresnet.
+        UserError: the folder of ``out_prefix`` cannot be created.
     """
     import torch.distributed.checkpoint as dcp
 
     from partialfc.train.checkpoint import read_class_centers, resolve
 
     mx = import_mxnet()
+    _make_prefix_folder(out_prefix)  # before reading the checkpoint: a bad path costs nothing
     path = resolve(checkpoint_path)
     keys = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     result = Conversion(path=Path(out_prefix))
@@ -252,6 +257,28 @@ def torch_to_mxnet(checkpoint_path: str | Path, out_prefix: str, epoch: int = 0)
     aux = {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items() if names.is_aux(k)}
     mx.model.save_checkpoint(out_prefix, epoch, symbol, arg, aux)
     return result
+
+
+def _make_prefix_folder(out_prefix: str | Path) -> None:
+    """Creates the folder of ``OUT_PREFIX`` (and its parents): MXNet's writer does not.
+
+    Raises:
+        UserError: a file stands where a folder is needed, or the folder cannot be created.
+    """
+    folder = Path(out_prefix).parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(
+            f"torch2mxnet OUT_PREFIX {out_prefix}: cannot create the folder {folder} "
+            f"({'a file of that name exists' if blocker == folder else f'{blocker} is a file'})"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"torch2mxnet OUT_PREFIX {out_prefix}: cannot create the folder {folder} "
+            f"({exc.strerror})"
+        ) from None
 
 
 def _read_config(path: Path) -> Any:

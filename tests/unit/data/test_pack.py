@@ -8,7 +8,14 @@ from PIL import Image
 
 from partialfc.cli import main
 from partialfc.data import FaceRecord, RecordDataset
-from partialfc.data.packer import EncodeOptions, list_image_folder, pack_images, read_lst
+from partialfc.data.packer import (
+    EncodeOptions,
+    PackError,
+    encode_file,
+    list_image_folder,
+    pack_images,
+    read_lst,
+)
 from tests.unit.data._datasets import write_image_folder
 
 
@@ -141,33 +148,32 @@ def test_bad_lst_line_is_named(tmp_path, line):
         read_lst(lst)
 
 
-def test_mixed_sizes_need_resize(images, tmp_path):
+def test_mixed_sizes_need_resize(images, tmp_path, capsys):
     odd = tmp_path / "src"
     (odd / "a").mkdir(parents=True)
     Image.new("RGB", (10, 10)).save(odd / "a" / "0.png")
     Image.new("RGB", (12, 10)).save(odd / "a" / "1.png")
-    with pytest.raises(ValueError, match=r"1\.png: image is 10x12 but earlier images are 10x10"):
-        main(
-            [
-                "pack",
-                str(odd),
-                str(tmp_path / "o"),
-                "--no-shuffle",
-                "--workers",
-                "1",
-                "--no-progress",
-            ]
-        )
+    argv = ["pack", str(odd), str(tmp_path / "o"), "--no-shuffle", "--workers", "1"]
+    assert main([*argv, "--no-progress"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {odd / 'a' / '1.png'}: image is 10x12 but earlier images are 10x10; "
+        "pass --resize HxW to pack images of different sizes\n"
+    )
+    assert not (tmp_path / "o").exists()
 
 
-def test_unreadable_image_is_named(tmp_path):
+def test_unreadable_image_is_named(tmp_path, capsys):
     src = tmp_path / "src" / "a"
     src.mkdir(parents=True)
     (src / "broken.jpg").write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=r"broken\.jpg: cannot read image"):
-        main(
-            ["pack", str(tmp_path / "src"), str(tmp_path / "o"), "--workers", "2", "--no-progress"]
-        )
+    argv = ["pack", str(tmp_path / "src"), str(tmp_path / "o"), "--workers", "2", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith(f"error: {src / 'broken.jpg'}: cannot read image (") and err.count("\n") == 1
+    )
+    with pytest.raises(PackError, match=r"broken\.jpg: cannot read image"):
+        encode_file(src / "broken.jpg", EncodeOptions())
 
 
 def test_empty_and_missing_folders(tmp_path):

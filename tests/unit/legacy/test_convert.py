@@ -198,3 +198,25 @@ def test_trainer_starts_from_a_converted_checkpoint(
         trainer.backbone.state_dict().items(), reference.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_torch2mxnet_creates_the_output_folder(mxnet_checkpoint, converted: Path, tmp_path):
+    _, arg, _ = mxnet_checkpoint
+    prefix = tmp_path / "exports" / "r18" / "model"  # neither folder exists yet
+    assert main(["convert", "torch2mxnet", str(converted), str(prefix), "--epoch", "2"]) == 0
+    assert sorted(p.name for p in prefix.parent.iterdir()) == [
+        "model-0002.params",
+        "model-symbol.json",
+    ]
+    _, arg2, _ = mx.model.load_checkpoint(str(prefix), 2)
+    assert arg2["fc7_weight"].asnumpy().tobytes() == arg["fc7_weight"].asnumpy().tobytes()
+
+
+def test_torch2mxnet_output_under_a_file_is_one_line(converted: Path, tmp_path, capsys):
+    (tmp_path / "exports").write_text("a file where the folder should be")
+    prefix = tmp_path / "exports" / "model"
+    assert main(["convert", "torch2mxnet", str(converted), str(prefix)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: torch2mxnet OUT_PREFIX {prefix}: cannot create the folder {prefix.parent} "
+        "(a file of that name exists)\n"
+    )
