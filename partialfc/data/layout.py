@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.data.recordio import IndexedRecordReader, IndexedRecordWriter, IRHeader, pack, unpack
-from partialfc.errors import UserError
+from partialfc.errors import UserError, UserFileError
 
 REC_FILE = "train.rec"
 IDX_FILE = "train.idx"
@@ -67,7 +67,7 @@ class Property:
             DatasetError: the file does not hold three positive integers.
         """
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"insightface property file not found: {path}")
+            raise UserFileError(f"insightface property file not found: {path}")
         text = Path(path).read_text(encoding="ascii", errors="replace").strip()
         try:
             num_classes, height, width = (int(v) for v in text.split(","))
@@ -106,7 +106,7 @@ class FaceRecord:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.rec_path, self.idx_path, self.property_path = resolve_paths(root)
         if not self.rec_path.is_file():
-            raise FileNotFoundError(f"RecordIO record (.rec) file not found: {self.rec_path}")
+            raise UserFileError(f"RecordIO record (.rec) file not found: {self.rec_path}")
         self.reader = IndexedRecordReader(self.idx_path, self.rec_path)
         self.property = Property.read(self.property_path)
         self.identity_keys: np.ndarray = np.zeros(0, dtype=np.int64)

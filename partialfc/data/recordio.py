@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from partialfc.data.images import decode_image, encode_image
-from partialfc.errors import UserError
+from partialfc.errors import UserError, UserFileError
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -260,7 +260,7 @@ class IndexedRecordReader:
         self.rec_path = os.fspath(rec_path)
         for path, what in ((self.idx_path, "index (.idx)"), (self.rec_path, "record (.rec)")):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"RecordIO {what} file not found: {path}")
+                raise UserFileError(f"RecordIO {what} file not found: {path}")
         self.idx: dict[int, int] = {}
         self.keys: list[int] = []
         with open(self.idx_path, encoding="ascii", errors="replace") as f:

@@ -234,7 +234,8 @@ def _check_eval_sets(pf: Preflight) -> None:
         try:
             read_bin(path)
         except (UserError, OSError, ValueError) as err:
-            pf.problems.append(f"eval.sets: {path}: {err}")
+            text = str(err)  # the reader's messages mostly name the file already
+            pf.problems.append(f"eval.sets: {text if str(path) in text else f'{path}: {text}'}")
 
 
 def _check_output_dir(pf: Preflight, check_lock: bool) -> None:

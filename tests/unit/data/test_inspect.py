@@ -88,7 +88,8 @@ def test_verify_reports_wrong_image_size(copy):
     assert len(problems) == 72 and "image is 112x112 but" in problems[0].message
 
 
-def test_missing_index_is_named(copy):
+def test_missing_index_is_named(copy, capsys):
     (copy / "train.idx").unlink()
-    with pytest.raises(FileNotFoundError, match=r"train\.idx"):
-        main(["inspect", str(copy)])
+    assert main(["inspect", str(copy)]) == 2  # a user error: one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: RecordIO index (.idx) file not found:") and "train.idx" in err
