@@ -11,13 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from partialfc.data.synth import SynthConfig, synth_dataset
+from tests.http import http_get
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo_cpu.toml"
@@ -70,18 +69,10 @@ def _free(port: int) -> bool:
     return True
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def _step(port: int) -> float | None:
     """Rank 0's ``partialfc_step`` gauge (None before the server answers or the first step)."""
     try:
-        text = _get(f"http://127.0.0.1:{port}/metrics")[1]
+        text = http_get(f"http://127.0.0.1:{port}/metrics")[1]
     except OSError:
         return None
     found = re.search(r'^partialfc_step\{rank="0"\} (\S+)$', text, re.M)
@@ -150,7 +141,7 @@ def test_healthz_is_503_while_a_peer_rank_is_stopped_and_200_while_steps_complet
     workers: dict[int, int] = {}
 
     def answer_unless_ok() -> tuple[int, str] | None:
-        answer = _get(healthz)
+        answer = http_get(healthz)
         return None if answer[0] == 200 else answer
 
     try:
@@ -159,7 +150,7 @@ def test_healthz_is_503_while_a_peer_rank_is_stopped_and_200_while_steps_complet
         answers = []
         while (_step(port) or 0) < first + 3:
             assert proc.poll() is None, log.read_text()[-3000:]
-            answers.append(_get(healthz))
+            answers.append(http_get(healthz))
             time.sleep(0.5)
         assert answers and set(answers) == {(200, "ok\n")}
         assert _healthcheck(port) == 0
@@ -180,12 +171,14 @@ def test_healthz_is_503_while_a_peer_rank_is_stopped_and_200_while_steps_complet
         assert step_at_503 in (step_at_stop, step_at_stop + 1), (step_at_stop, step_at_503)
         assert _healthcheck(port) == 1
         time.sleep(1.0)
-        assert _get(healthz)[0] == 503 and _step(port) == step_at_503, "no progress while stopped"
+        assert http_get(healthz)[0] == 503 and _step(port) == step_at_503, (
+            "no progress while stopped"
+        )
 
         # The peer resumes: steps complete again and /healthz follows.
         os.kill(workers[1], signal.SIGCONT)
         _wait("a step after SIGCONT", lambda: (_step(port) or 0) > step_at_503, 60, proc, log)
-        assert _get(healthz) == (200, "ok\n")
+        assert http_get(healthz) == (200, "ok\n")
         assert _healthcheck(port) == 0
     finally:
         for pid in workers.values():  # each worker leads its own process group (loader workers)

@@ -3,8 +3,6 @@
 import errno
 import os
 import socket
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from partialfc.errors import UserError
 from partialfc.metrics import MetricsPortError, StallWatch, port_problem
 from partialfc.metrics.ports import bind_error
 from partialfc.train.config import Config
+from tests.http import http_get
 
 DEMO = Path(__file__).resolve().parents[3] / "configs" / "demo_cpu.toml"
 
@@ -70,14 +69,6 @@ def test_metrics_config_has_host_and_stall_seconds_with_their_defaults_and_check
             Config.load(DEMO, [f"--metrics.{key}", value])
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def test_prometheus_healthz_follows_the_stall_watch() -> None:
     pytest.importorskip("prometheus_client")
     from partialfc.metrics import PrometheusSink
@@ -90,12 +81,12 @@ def test_prometheus_healthz_follows_the_stall_watch() -> None:
     url = f"http://127.0.0.1:{sink.port}"
     try:
         clock.now += 12.0
-        assert _get(url + "/healthz") == (200, "ok\n")
-        assert 'partialfc_seconds_since_step{rank="0"} 12.0' in _get(url + "/metrics")[1]
+        assert http_get(url + "/healthz") == (200, "ok\n")
+        assert 'partialfc_seconds_since_step{rank="0"} 12.0' in http_get(url + "/metrics")[1]
         clock.now += 18.0
-        assert _get(url + "/healthz") == (503, "unhealthy: no training step for 30 s\n")
+        assert http_get(url + "/healthz") == (503, "unhealthy: no training step for 30 s\n")
         watch.step_completed()
-        assert _get(url + "/healthz") == (200, "ok\n")
+        assert http_get(url + "/healthz") == (200, "ok\n")
     finally:
         sink.close()
 
@@ -169,6 +160,6 @@ def test_the_prometheus_sink_listens_on_ipv6() -> None:
         pytest.skip("no IPv6 loopback here")
     sink = PrometheusSink(0, host="::1")
     try:
-        assert _get(f"http://[::1]:{sink.port}/healthz") == (200, "ok\n")
+        assert http_get(f"http://[::1]:{sink.port}/healthz") == (200, "ok\n")
     finally:
         sink.close()

@@ -1,11 +1,11 @@
 import io
 import json
 import math
-import urllib.request
 
 import pytest
 
 from partialfc.metrics import JsonlSink, MetricSink, MultiSink, PrometheusSink, StdoutSink
+from tests.http import http_get
 
 
 def test_jsonl_sink_writes_one_valid_object_per_step(tmp_path) -> None:
@@ -36,14 +36,6 @@ def test_stdout_and_multi_sinks_satisfy_the_protocol(tmp_path) -> None:
     assert json.loads((tmp_path / "m.jsonl").read_text()) == {"step": 4, "loss": 0.75}
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
 def test_prometheus_sink_serves_metrics_and_health() -> None:
     pytest.importorskip("prometheus_client")
     healthy = {"ok": True}
@@ -54,7 +46,7 @@ def test_prometheus_sink_serves_metrics_and_health() -> None:
             step=9,
         )
         sink.log_dict({"nonfinite_steps": 3}, step=10)
-        status, text = _get(f"http://127.0.0.1:{sink.port}/metrics")
+        status, text = http_get(f"http://127.0.0.1:{sink.port}/metrics")
         assert status == 200
         assert 'partialfc_loss{rank="1"} 1.25' in text
         assert 'partialfc_learning_rate{rank="1"} 0.05' in text
@@ -63,8 +55,8 @@ def test_prometheus_sink_serves_metrics_and_health() -> None:
         assert 'partialfc_step_seconds_count{phase="forward",rank="1"} 1.0' in text
         assert 'partialfc_custom_x{rank="1"} 3.0' in text
         assert 'partialfc_checkpoint_age_seconds{rank="1"} NaN' in text
-        assert _get(f"http://127.0.0.1:{sink.port}/healthz") == (200, "ok\n")
+        assert http_get(f"http://127.0.0.1:{sink.port}/healthz") == (200, "ok\n")
         healthy["ok"] = False
-        assert _get(f"http://127.0.0.1:{sink.port}/healthz")[0] == 503
+        assert http_get(f"http://127.0.0.1:{sink.port}/healthz")[0] == 503
     finally:
         sink.close()
