@@ -15,6 +15,7 @@ The contract (tests pin it down):
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,6 +154,7 @@ class RecordLoader:
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            worker_init_fn=_ignore_stop_signals,
         )
         self.device = None if device is None else torch.device(device)
         self.epoch = 0
@@ -172,6 +174,17 @@ class RecordLoader:
                 labels = labels.to(self.device, non_blocking=True)
             yield normalize(images), labels
         self.epoch, self.batch = self.epoch + 1, 0
+
+    def close(self) -> None:
+        """Stops the worker processes (the next iteration starts new ones); the position is kept.
+
+        A trainer stopping on SIGTERM calls this before its last checkpoint: the workers ignore
+        the signal (see :func:`_ignore_stop_signals`) and end here, when the trainer is ready.
+        """
+        workers = self._loader._iterator  # the persistent workers' iterator, if started
+        if workers is not None:
+            workers._shutdown_workers()
+            self._loader._iterator = None
 
     def state_dict(self) -> dict[str, Any]:
         """Position to resume from: epoch and batches already consumed in it."""
@@ -210,3 +223,16 @@ class RecordLoader:
         if batch == len(self):  # saved after the last batch: the next one opens the next epoch
             epoch, batch = epoch + 1, 0
         self.epoch, self.batch = epoch, batch
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Decoding workers leave SIGTERM and SIGINT to the trainer.
+
+    torchrun, Kubernetes' init and a terminal signal the whole process group. A worker killed by
+    it would make the trainer's next data-loader call (or torch's SIGCHLD handler, at any point:
+    inside the last checkpoint's write) raise ``DataLoader worker ... killed by signal``. The
+    trainer stops its loaders itself (:meth:`RecordLoader.close`); a worker whose trainer died
+    anyway exits on its own (torch's watchdog on the parent) or with the group's SIGKILL.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

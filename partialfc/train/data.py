@@ -26,6 +26,9 @@ class TrainLoader(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def close(self) -> None:
+        """Stops background work (decoding processes, pipelines); the position is kept."""
+
 
 class SyntheticLoader:
     """Random images and labels, a pure function of (seed, epoch, batch, rank): for smoke tests
@@ -62,6 +65,9 @@ class SyntheticLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
 
 class _Counted:
     """Adds a (epoch, batch) position to a loader that has none (DALI); resuming fast-forwards."""
@@ -86,6 +92,9 @@ class _Counted:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self._skip = int(state["epoch"]), int(state["batch"])
+
+    def close(self) -> None:
+        """DALI's pipeline keeps no process of its own to stop."""
 
 
 def build_loader(cfg: Config, rt: Runtime) -> TrainLoader:

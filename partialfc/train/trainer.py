@@ -132,7 +132,8 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         self.last_checkpoint_time = time.time()
-        self._stop_requested = False
+        self._signalled = False  # SIGTERM or SIGINT reached this rank
+        self._stop_requested = False  # some rank was signalled: every rank stops (agreed)
 
     # ------------------------------------------------------------------ setup helpers
 
@@ -165,8 +166,10 @@ class Trainer:
         return MultiSink(sinks)
 
     def _install_signal_handlers(self) -> None:
+        # The handler only records the signal; the ranks agree on stopping in the next step's
+        # collective (train_step), and the vote never clears a signal that arrives meanwhile.
         def request_stop(signum: int, _frame: Any) -> None:
-            self._stop_requested = True
+            self._signalled = True
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, request_stop)
@@ -318,7 +321,7 @@ class Trainer:
             torch.stack(
                 [
                     (~torch.isfinite(total)).float(),
-                    torch.tensor(float(self._stop_requested), device=rt.device),
+                    torch.tensor(float(self._signalled), device=rt.device),
                 ]
             )
         ).tolist()
@@ -355,7 +358,11 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any]:
-        """Train to ``total_steps`` (or until SIGTERM/SIGINT), checkpointing on the way."""
+        """Train to ``total_steps`` (or until SIGTERM/SIGINT), checkpointing on the way.
+
+        Returns the step reached, whether a signal stopped the run, the last step's loss and the
+        final evaluation; per-step values go to the sinks (``metrics.jsonl``), not to memory.
+        """
         cfg, rt = self.cfg, self.rt
         self._install_signal_handlers()
         self.resume()
@@ -364,8 +371,7 @@ class Trainer:
         )
         batches = self._batches()
         global_batch = cfg.data.global_batch_size
-        losses: list[float] = []
-        stopped = False
+        loss_value = math.nan
         while self.step < self.total_steps:
             t0 = time.perf_counter()
             images, labels = next(batches)
@@ -378,7 +384,6 @@ class Trainer:
             step_time = time.perf_counter() - t0
             loss_value = float(loss)  # waits for the step's kernels (and collectives) to finish
             self.health.step_completed()
-            losses.append(loss_value)
             values = {
                 "loss": loss_value,
                 "samples_per_second": global_batch / step_time,
@@ -394,18 +399,22 @@ class Trainer:
             )
             progress.update(self.step, loss_value, values["samples_per_second"])
             if self._stop_requested:
-                stopped = True
                 break
             if self.step % cfg.train.checkpoint_every == 0 and self.step < self.total_steps:
                 self.save_checkpoint()
             # After the checkpoint: an evaluation that fails loses no training.
             if cfg.eval.sets and cfg.eval.every and self.step % cfg.eval.every == 0:
                 self._evaluate()
+        batches.close()
+        # The loader's workers end before the last checkpoint, on the trainer's terms: after a
+        # SIGTERM they are still alive (they ignore it) and nothing can fail inside the write.
+        self.loader.close()
         self.save_checkpoint()
         progress.close()
+        stopped = self._stop_requested
         results = {} if stopped or not cfg.eval.sets else self._evaluate()
         self.sink.close()
-        return {"step": self.step, "stopped": stopped, "losses": losses, "eval": results}
+        return {"step": self.step, "stopped": stopped, "loss": loss_value, "eval": results}
 
     def _evaluate(self) -> dict[str, float]:
         results = evaluate_sets(

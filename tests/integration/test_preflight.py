@@ -96,7 +96,11 @@ def test_missing_eval_set_and_batch_split_found_before_any_step(data, tmp_path) 
     missing = tmp_path / "lfw.bin"
     result = train(*demo_overrides(data, tmp_path / "run"), f"--eval.sets={missing}",
                    "--data.global_batch_size=30", "--train.grad_accum=4")  # fmt: skip
-    _assert_user_error(result, f"eval.sets: verification .bin not found: {missing}", "data.global_batch_size: 30 does not split")
+    _assert_user_error(
+        result,
+        f"eval.sets: verification .bin not found: {missing}",
+        "data.global_batch_size: 30 does not split",
+    )
     assert not (tmp_path / "run").exists(), "nothing may be written before the checks pass"
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import subprocess
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,3 +171,38 @@ def test_corrupt_record_raises_unless_skipping_is_asked(synth, tmp_path):
     )
     x, y = next(iter(skipping))
     assert len(x) == len(y) == 71
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_workers_outlive_a_group_sigterm_and_stop_on_close(synth):
+    """torchrun and Kubernetes signal the whole process group; the trainer stops its workers itself
+    (close), so a worker must not die first and break the trainer's last checkpoint."""
+    loader = RecordLoader(synth, batch_size=8, num_workers=2, seed=3)
+    batches = iter(loader)
+    next(batches), next(batches)
+    pids = [w.pid for w in loader._loader._iterator._workers]
+    for pid in pids:  # sent by another process, as torchrun's killpg is: not the parent
+        subprocess.run(["kill", "-TERM", str(pid)], check=True)
+        subprocess.run(["kill", "-INT", str(pid)], check=True)
+    time.sleep(1.0)
+    assert all(map(_alive, pids)), "a worker died of a signal meant for the trainer"
+    third = next(batches)
+    batches.close()
+    loader.close()
+    deadline = time.monotonic() + 30
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, pids)), "close() ended the workers"
+    assert loader.state_dict()["batch"] == 3, "the position survives close()"
+    expected = list(itertools.islice(_forever(RecordLoader(synth, 8, num_workers=0, seed=3)), 5))
+    fourth, fifth = itertools.islice(_forever(loader), 2)  # new workers, the same stream
+    for (x, y), (ex, ey) in zip([third, fourth, fifth], expected[2:], strict=True):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    loader.close()

@@ -43,6 +43,9 @@ class _PoisonedLoader:
     def load_state_dict(self, state) -> None:
         self.loader.load_state_dict(state)
 
+    def close(self) -> None:
+        self.loader.close()
+
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path) -> None:
     trainer = _trainer(tmp_path)

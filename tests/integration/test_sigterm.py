@@ -1,0 +1,94 @@
+"""SIGTERM as a cluster sends it, on the shipped demo config with its data-loader worker: to
+torchrun (Kubernetes signals the container's first process, which the launcher ``exec``s), and to
+a lone trainer's whole process group (Ctrl-C, ``docker stop`` with an init that forwards to the
+group). The run must write the checkpoint of the step it reached, exit as terminated, and its
+restart must continue with the losses of an uninterrupted run, bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from partialfc.train import checkpoint
+from tests.integration._service import demo_overrides, make_dataset, popen_train
+
+STEPS = 12
+STOP_AFTER = 4  # steps completed before the signal is sent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("sigterm") / "data")
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """Step -> loss, the last record of each step."""
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def _run(data: Path, out: Path, log: Path, ranks: int):
+    # The demo config as shipped (workers = 1, eval every 50 steps, ...), sized to this dataset.
+    args = demo_overrides(data, out, f"--train.max_steps={STEPS}")
+    return popen_train(*args, log=log, torchrun=ranks)
+
+
+def _wait(proc, log: Path, timeout: float = 300) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except TimeoutError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(log.read_text()[-3000:]) from None
+
+
+def _wait_for_step(out: Path, step: int, proc, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (out / "metrics.jsonl").exists() and max(_losses(out), default=0) >= step:
+            return
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    raise TimeoutError(log.read_text()[-3000:])
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "python"])
+def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exactly(
+    data: Path, tmp_path: Path, launcher: str
+) -> None:
+    ranks = 2 if launcher == "torchrun" else 0
+    straight = tmp_path / "straight"
+    proc = _run(data, straight, tmp_path / "straight.log", ranks)
+    assert _wait(proc, tmp_path / "straight.log") == 0, (tmp_path / "straight.log").read_text()
+    expected = _losses(straight)
+    assert sorted(expected) == list(range(1, STEPS + 1))
+
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    proc = _run(data, out, log, ranks)
+    _wait_for_step(out, STOP_AFTER, proc, log)
+    if launcher == "torchrun":
+        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to each worker's process group
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its loader worker together
+    code = _wait(proc, log, timeout=120)
+    text = log.read_text()
+    # torchrun prints a traceback of its own SignalException; the trainers print none.
+    ours = text if launcher == "python" else "\n".join(re.findall(r"^\[rank\d+\]:.*$", text, re.M))
+    assert "Traceback" not in ours and "killed by signal" not in text, text[-3000:]
+    reached = max(_losses(out))
+    assert f"stopped by signal at step {reached}" in text, text[-3000:]
+    assert reached < STEPS, "the signal stopped the run early"
+    # torchrun reports its own SIGTERM as a failure (exit 1); the lone trainer exits 128 + 15.
+    assert code == (143 if launcher == "python" else 1), text[-3000:]
+    latest = checkpoint.latest_checkpoint(out)
+    assert latest is not None and latest.name == f"step-{reached:08d}", (latest, reached)
+
+    again = _run(data, out, tmp_path / "again.log", ranks)
+    assert _wait(again, tmp_path / "again.log") == 0, (tmp_path / "again.log").read_text()
+    assert f"resumed from {latest} at step {reached}" in (tmp_path / "again.log").read_text()
+    assert _losses(out) == expected, "the resumed steps' losses are the uninterrupted run's"
