@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -231,8 +232,20 @@ def _ignore_stop_signals(worker_id: int) -> None:
     torchrun, Kubernetes' init and a terminal signal the whole process group. A worker killed by
     it would make the trainer's next data-loader call (or torch's SIGCHLD handler, at any point:
     inside the last checkpoint's write) raise ``DataLoader worker ... killed by signal``. The
-    trainer stops its loaders itself (:meth:`RecordLoader.close`); a worker whose trainer died
-    anyway exits on its own (torch's watchdog on the parent) or with the group's SIGKILL.
+    trainer stops its loaders itself (:meth:`RecordLoader.close`). SIGTERM from the trainer's own
+    process (``Process.terminate`` at shutdown or exit) still ends a worker at once: the signal is
+    blocked and read by a thread that knows the sender; a worker whose trainer died anyway exits
+    on its own (torch's watchdog on the parent) or with the group's SIGKILL.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Forked workers have one thread here; the threads started later inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(
+        target=_exit_on_sigterm_from, args=(os.getppid(),), name="sigterm", daemon=True
+    ).start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)

@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,27 @@ class Trainer:
             self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every
         )
         batches = self._batches()
+        try:
+            loss = self._steps(batches, progress)
+        finally:
+            # The loader's workers end before the last checkpoint, on the trainer's terms: after
+            # a SIGTERM they are still alive (they ignore it) and nothing fails inside the write;
+            # after an error they end here, not at exit.
+            batches.close()
+            self.loader.close()
+        self.save_checkpoint()
+        progress.close()
+        stopped = self._stop_requested
+        results = {} if stopped or not cfg.eval.sets else self._evaluate()
+        self.sink.close()
+        return {"step": self.step, "stopped": stopped, "loss": loss, "eval": results}
+
+    def _steps(
+        self, batches: Generator[tuple[torch.Tensor, torch.Tensor]], progress: _Progress
+    ) -> float:
+        """Steps until ``total_steps`` or an agreed stop, with their checkpoints and evaluations;
+        returns the last step's loss (NaN when no step ran)."""
+        cfg, rt = self.cfg, self.rt
         global_batch = cfg.data.global_batch_size
         loss_value = math.nan
         while self.step < self.total_steps:
@@ -405,16 +427,7 @@ class Trainer:
             # After the checkpoint: an evaluation that fails loses no training.
             if cfg.eval.sets and cfg.eval.every and self.step % cfg.eval.every == 0:
                 self._evaluate()
-        batches.close()
-        # The loader's workers end before the last checkpoint, on the trainer's terms: after a
-        # SIGTERM they are still alive (they ignore it) and nothing can fail inside the write.
-        self.loader.close()
-        self.save_checkpoint()
-        progress.close()
-        stopped = self._stop_requested
-        results = {} if stopped or not cfg.eval.sets else self._evaluate()
-        self.sink.close()
-        return {"step": self.step, "stopped": stopped, "loss": loss_value, "eval": results}
+        return loss_value
 
     def _evaluate(self) -> dict[str, float]:
         results = evaluate_sets(

@@ -7,7 +7,6 @@ test_sigterm.py, on the shipped config with its loader workers.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import STEPS
+from tests.runlog import step_losses
 
 
 @pytest.fixture
@@ -38,16 +38,10 @@ def _torchrun(
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _losses(out: Path) -> dict[int, float]:
-    """Step -> loss, the last record of each step (a restarted run redoes a few)."""
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
-
-
 def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (out / "metrics.jsonl").exists() and max(_losses(out), default=0) >= step:
+        if (out / "metrics.jsonl").exists() and max(step_losses(out), default=0) >= step:
             return
         assert proc.poll() is None, (
             f"the run ended early: {(out.parent / f'{out.name}.log').read_text()[-2000:]}"
@@ -83,7 +77,7 @@ def test_sigkill_mid_run_and_torchrun_restart_reproduce_every_loss(
 ) -> None:
     straight = tmp_path / "straight"
     assert _finish(_torchrun(config, straight)) == 0
-    expected = _losses(straight)
+    expected = step_losses(straight)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     kill_at = random.Random().randint(3, STEPS - 2)  # a random step, past the first checkpoint
@@ -96,7 +90,7 @@ def test_sigkill_mid_run_and_torchrun_restart_reproduce_every_loss(
     assert _finish(proc) == 0, (tmp_path / "faulty.log").read_text()[-3000:]
     log = (tmp_path / "faulty.log").read_text()
     assert "resumed from" in log, "the restarted workers resumed from a checkpoint"
-    got = _losses(faulty)
+    got = step_losses(faulty)
     assert sorted(got) == sorted(expected)
     for step, loss in expected.items():
         assert got[step] == pytest.approx(loss, rel=1e-6, abs=1e-7), (

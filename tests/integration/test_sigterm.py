@@ -6,7 +6,6 @@ restart must continue with the losses of an uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,6 +16,7 @@ import pytest
 
 from partialfc.train import checkpoint
 from tests.integration._service import demo_overrides, make_dataset, popen_train
+from tests.runlog import step_losses
 
 STEPS = 12
 STOP_AFTER = 4  # steps completed before the signal is sent
@@ -25,12 +25,6 @@ STOP_AFTER = 4  # steps completed before the signal is sent
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("sigterm") / "data")
-
-
-def _losses(out: Path) -> dict[int, float]:
-    """Step -> loss, the last record of each step."""
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
 def _run(data: Path, out: Path, log: Path, ranks: int):
@@ -50,7 +44,7 @@ def _wait(proc, log: Path, timeout: float = 300) -> int:
 def _wait_for_step(out: Path, step: int, proc, log: Path, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (out / "metrics.jsonl").exists() and max(_losses(out), default=0) >= step:
+        if (out / "metrics.jsonl").exists() and max(step_losses(out), default=0) >= step:
             return
         assert proc.poll() is None, log.read_text()[-3000:]
         time.sleep(0.05)
@@ -65,7 +59,7 @@ def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exact
     straight = tmp_path / "straight"
     proc = _run(data, straight, tmp_path / "straight.log", ranks)
     assert _wait(proc, tmp_path / "straight.log") == 0, (tmp_path / "straight.log").read_text()
-    expected = _losses(straight)
+    expected = step_losses(straight)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     out, log = tmp_path / "run", tmp_path / "run.log"
@@ -80,7 +74,7 @@ def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exact
     # torchrun prints a traceback of its own SignalException; the trainers print none.
     ours = text if launcher == "python" else "\n".join(re.findall(r"^\[rank\d+\]:.*$", text, re.M))
     assert "Traceback" not in ours and "killed by signal" not in text, text[-3000:]
-    reached = max(_losses(out))
+    reached = max(step_losses(out))
     assert f"stopped by signal at step {reached}" in text, text[-3000:]
     assert reached < STEPS, "the signal stopped the run early"
     # torchrun reports its own SIGTERM as a failure (exit 1); the lone trainer exits 128 + 15.
@@ -91,4 +85,4 @@ def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exact
     again = _run(data, out, tmp_path / "again.log", ranks)
     assert _wait(again, tmp_path / "again.log") == 0, (tmp_path / "again.log").read_text()
     assert f"resumed from {latest} at step {reached}" in (tmp_path / "again.log").read_text()
-    assert _losses(out) == expected, "the resumed steps' losses are the uninterrupted run's"
+    assert step_losses(out) == expected, "the resumed steps' losses are the uninterrupted run's"

@@ -205,4 +205,10 @@ def test_workers_outlive_a_group_sigterm_and_stop_on_close(synth):
     fourth, fifth = itertools.islice(_forever(loader), 2)  # new workers, the same stream
     for (x, y), (ex, ey) in zip([third, fourth, fifth], expected[2:], strict=True):
         assert torch.equal(x, ex) and torch.equal(y, ey)
+    # SIGTERM from the trainer's process itself (multiprocessing's terminate at exit) still ends
+    # a worker: one that ignored it would hang the trainer's exit in its join.
+    workers = loader._loader._iterator._workers
+    workers[0].terminate()
+    workers[0].join(timeout=10)
+    assert workers[0].exitcode == 0, workers[0].exitcode
     loader.close()
