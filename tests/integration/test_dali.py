@@ -211,3 +211,33 @@ def test_state_survives_close(synth):
     restored = _dali(synth, batch_size=8, seed=4)
     restored.load_state_dict(state, blob)
     assert _same(_take(restored, 6), _take(uninterrupted, 6))
+
+
+def test_trainer_files_restore_each_rank_and_another_world_size_falls_back(synth, tmp_path, caplog):
+    """The trainer's per-rank files: rank 1 of 2 comes back exactly from its own; a run resumed
+    on 1 rank finds none of its own, warns, and runs the used part of the epoch unseen."""
+    from partialfc.train.data import load_loader_state, loader_files
+
+    folder = tmp_path / "step-00000003"
+    folder.mkdir()
+    for rank in range(2):
+        two = _dali(synth, batch_size=4, world_size=2, rank=rank, seed=5)
+        _take(two, 3)
+        for name, blob in loader_files(two).items():
+            (folder / name).write_bytes(blob)
+        state = two.state_dict()
+    expected = _take(two, 4)  # rank 1's next batches
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["dali-rank0-of2-epoch0-batch3.bin", "dali-rank1-of2-epoch0-batch3.bin"]
+    restored = _dali(synth, batch_size=4, world_size=2, rank=1, seed=5)
+    load_loader_state(restored, state, folder)
+    assert _same(_take(restored, 4), expected)
+
+    one = _dali(synth, batch_size=8, seed=5)
+    with caplog.at_level("WARNING", logger="partialfc.train.data"):
+        load_loader_state(one, state, folder)
+    assert (
+        f"{folder} holds no DALI reader state for rank 0 of 1 (it has {', '.join(names)}): "
+        "epoch 0 continues from a fresh reader, 3 batches run unseen" in caplog.text
+    )
+    assert len(list(one)) == len(one) - 3 and one.state_dict() == {"epoch": 1, "batch": 0}
