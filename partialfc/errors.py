@@ -32,6 +32,18 @@ class UserError(Exception):
         super().__init__("\n".join(problems))
         self.problems: tuple[str, ...] = problems
 
+    def __reduce__(self):
+        # Subclasses take other constructor arguments (path, key): rebuild from the state, so an
+        # error met in a DataLoader worker reaches the main process as itself.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[UserError], args: tuple, state: dict) -> UserError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
 
 class ConfigError(UserError, ValueError):
     """A config field or a cross-field rule is violated; the message names the key."""

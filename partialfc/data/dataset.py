@@ -17,6 +17,7 @@ from torch.utils.data import Dataset, get_worker_info
 from partialfc.data.images import decode_image
 from partialfc.data.layout import FaceRecord
 from partialfc.data.recordio import RecordIOError
+from partialfc.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ class RecordDataset(Dataset):
 
         Raises:
             RecordIOError: truncated or corrupt record, bad magic.
-            DatasetError: label >= num_classes or an image size other than ``property``'s.
+            DatasetError: label >= num_classes, a damaged JPEG, or an image size other than
+                ``property``'s.
             ValueError: undecodable image bytes (the message names file and key).
         """
         key = int(self.record.image_keys[index])
         label, payload = self.record.read_image_record(key)
+        self.record.check_encoded(key, payload)  # Pillow decodes most damage without an error
         try:
             image = decode_image(payload)
         except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for bad bytes
@@ -86,20 +89,38 @@ class RecordDataset(Dataset):
         index, flip = item if isinstance(item, tuple) else (item, False)
         try:
             return self.load(int(index), bool(flip))
-        except ValueError:  # RecordIOError and DatasetError are ValueErrors
+        except ValueError as exc:  # RecordIOError and DatasetError are ValueErrors
             if not self.skip_corrupt:
+                if isinstance(exc, UserError) and get_worker_info() is not None:
+                    # DataLoader re-raises a worker's exception as a RuntimeError holding the
+                    # traceback's text; returned, it reaches the loader, which raises it as is.
+                    return WorkerError(exc)
                 raise
             log.warning("skipping corrupt sample %d", index, exc_info=True)
             return None
 
 
-def collate_u8(samples: list[tuple[np.ndarray, int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+class WorkerError:
+    """A user error met in a DataLoader worker, carried to the main process as a batch."""
+
+    def __init__(self, error: UserError) -> None:
+        self.error = error
+
+
+def collate_u8(
+    samples: list[tuple[np.ndarray, int] | WorkerError | None],
+) -> tuple[torch.Tensor, torch.Tensor] | WorkerError:
     """HWC uint8 samples -> ``(uint8 (N, 3, H, W), int64 (N,))``; drops None (skipped samples).
+
+    A :class:`WorkerError` among the samples is returned instead of a batch.
 
     In a DataLoader worker the batch is written straight into shared memory, so handing it to
     the main process costs no further copy; uint8 is a quarter of the bytes of float32, and on
     small images that transfer, not decoding, is what limits a worker.
     """
+    failed = [s for s in samples if isinstance(s, WorkerError)]
+    if failed:
+        return failed[0]
     kept = [s for s in samples if s is not None]
     labels = torch.tensor([s[1] for s in kept], dtype=torch.int64)
     if not kept:

@@ -102,8 +102,9 @@ def summarize(root: str | os.PathLike[str]) -> Summary:
 def verify(root: str | os.PathLike[str], progress: bool = False) -> Iterator[Problem]:
     """Decodes every image record; yields one :class:`Problem` per bad record.
 
-    Checks framing (magic, length, continuation flags), header, label < num_classes, that the
-    image decodes, and that its size matches ``property``.
+    Checks framing (magic, length, continuation flags), header, label < num_classes, the JPEG
+    structure (:func:`partialfc.data.jpeg.jpeg_damage`), that the image decodes, and that its size
+    matches ``property``.
     """
     from tqdm import tqdm
 
@@ -118,6 +119,7 @@ def verify(root: str | os.PathLike[str], progress: bool = False) -> Iterator[Pro
                 continue
             try:
                 _, payload = record.read_image_record(key)
+                record.check_encoded(key, payload)
                 try:
                     image = decode_image(payload)
                 except (OSError, ValueError, SyntaxError) as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from partialfc.data.jpeg import is_jpeg, jpeg_damage
 from partialfc.data.recordio import IndexedRecordReader, IndexedRecordWriter, IRHeader, pack, unpack
 from partialfc.errors import UserError, UserFileError
 
@@ -161,6 +162,18 @@ class FaceRecord:
         """Reads one image record: ``(label, encoded image bytes)``, label checked."""
         header, payload = unpack(self.reader.read_idx(key))
         return self.label_of(key, header), payload
+
+    def check_encoded(self, key: int, payload: bytes) -> None:
+        """Raises :class:`DatasetError` when a JPEG payload is structurally damaged.
+
+        Decoders turn most such damage into a warning and wrong pixels (see
+        :mod:`partialfc.data.jpeg`, which also says what no structural check can see); other
+        formats are left to the decoder.
+        """
+        if is_jpeg(payload):
+            damage = jpeg_damage(payload)
+            if damage is not None:
+                raise DatasetError(f"damaged JPEG ({damage})", self.rec_path, key)
 
     def check_image(self, key: int, image: np.ndarray) -> None:
         """Raises :class:`DatasetError` when a decoded HxWxC image differs from ``property``."""

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from partialfc.data.dataset import RecordDataset, collate_u8, normalize
+from partialfc.data.dataset import RecordDataset, WorkerError, collate_u8, normalize
 from partialfc.seeding import generator
 
 
@@ -168,7 +168,10 @@ class RecordLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yields ``(images (b, 3, H, W) float32, labels (b,) int64)`` to the end of the epoch."""
         self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch
-        for images, labels in self._loader:
+        for batch in self._loader:
+            if isinstance(batch, WorkerError):
+                raise batch.error
+            images, labels = batch
             self.batch += 1
             if self.device is not None:
                 images = images.to(self.device, non_blocking=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -11,6 +12,8 @@ import torch
 from partialfc.seeding import generator
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class TrainLoader(Protocol):
@@ -69,29 +72,58 @@ class SyntheticLoader:
         """Nothing runs in the background."""
 
 
-class _Counted:
-    """Adds a (epoch, batch) position to a loader that has none (DALI); resuming fast-forwards."""
+def _dali_file(loader: Any, state: dict[str, Any]) -> str:
+    return (
+        f"dali-rank{loader.rank}-of{loader.world_size}"
+        f"-epoch{int(state['epoch'])}-batch{int(state['batch'])}.bin"
+    )
 
-    def __init__(self, loader: Any, num_classes: int) -> None:
-        self.loader, self.num_classes = loader, num_classes
-        self.epoch = self.batch = self._skip = 0
 
-    def __len__(self) -> int:
-        return len(self.loader)
+def _is_dali(loader: Any) -> bool:
+    from partialfc.data.dali import DaliLoader  # DALI itself is imported only when built
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for i, item in enumerate(self.loader):
-            if i < self._skip:
-                continue
-            self.batch = i + 1
-            yield item
-        self.epoch, self.batch, self._skip = self.epoch + 1, 0, 0
+    return isinstance(loader, DaliLoader)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self._skip = int(state["epoch"]), int(state["batch"])
+def loader_files(loader: TrainLoader) -> dict[str, bytes]:
+    """Per-rank files a checkpoint needs for this loader's exact position (name -> bytes).
+
+    DALI's pipeline checkpoint (reader progress, shuffle buffer, generators) is one blob per rank,
+    so it goes beside the DCP files, named by rank, world size and position; the position
+    itself, the same on every rank, is ``state_dict()`` in the DCP checkpoint.
+    """
+    if not _is_dali(loader):
+        return {}
+    return {_dali_file(loader, loader.state_dict()): loader.pipeline_checkpoint()}
+
+
+def load_loader_state(loader: TrainLoader, state: dict[str, Any], checkpoint_path: Path) -> None:
+    """Restores ``loader`` to ``state`` (the checkpoint's ``data`` entry) and its per-rank files.
+
+    A DALI loader resumed on another world size finds no file of its rank: the readers' shards
+    differ, so no saved reader state applies. It then runs as many batches of a fresh pipeline
+    unseen as the checkpoint's epoch had used (as many samples, not the same ones) and warns.
+    """
+    if not _is_dali(loader):
+        loader.load_state_dict(state)
+        return
+    path = Path(checkpoint_path) / _dali_file(loader, state)
+    if path.is_file():
+        loader.load_state_dict(state, path.read_bytes())
+        return
+    loader.load_state_dict(state)
+    found = sorted(p.name for p in Path(checkpoint_path).glob("dali-rank*.bin"))
+    log.warning(
+        "%s holds no DALI reader state for rank %d of %d (%s): epoch %s continues from a fresh "
+        "reader, %s batches run unseen; its samples are not exactly the ones an uninterrupted "
+        "run would read",
+        checkpoint_path,
+        loader.rank,
+        loader.world_size,
+        f"it has {', '.join(found[:4])}{' ...' if len(found) > 4 else ''}" if found else "none",
+        state["epoch"],
+        state["batch"],
+    )
 
     def close(self) -> None:
         """DALI's pipeline keeps no process of its own to stop."""
@@ -113,8 +145,6 @@ def build_loader(cfg: Config, rt: Runtime) -> TrainLoader:
         loader.num_classes = loader.dataset.num_classes
         return loader
     from partialfc.data import DaliLoader
-    from partialfc.data.layout import Property
 
-    dali = DaliLoader(d.root, per_rank, world_size=rt.world_size, rank=rt.rank, seed=cfg.train.seed,
+    return DaliLoader(d.root, per_rank, world_size=rt.world_size, rank=rt.rank, seed=cfg.train.seed,
                       num_threads=max(1, d.workers))  # fmt: skip
-    return _Counted(dali, Property.read(Path(d.root) / "property").num_classes)

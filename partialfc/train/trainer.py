@@ -47,7 +47,7 @@ from partialfc.optim import SparseSGD
 from partialfc.seeding import mix_seed
 from partialfc.train import checkpoint
 from partialfc.train.config import Config
-from partialfc.train.data import build_loader
+from partialfc.train.data import build_loader, load_loader_state, loader_files
 from partialfc.train.evaluation import evaluate_sets
 from partialfc.train.runtime import Runtime
 from partialfc.train.schedule import learning_rate
@@ -221,6 +221,7 @@ class Trainer:
         rng = io.BytesIO()
         torch.save(_rng_state(), rng)
         files = {f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt": rng.getvalue()}
+        files |= loader_files(self.loader)  # DALI's per-rank reader state
         if self.rt.is_main:
             files["config.json"] = json.dumps(self.cfg.to_dict(), indent=2).encode()
         path = checkpoint.save(
@@ -263,7 +264,7 @@ class Trainer:
             self.step = int(state["trainer"]["step"])
             self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
         if "data" in state:
-            self.loader.load_state_dict(state["data"])
+            load_loader_state(self.loader, state["data"], path)
         rng = path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt"
         if rng.exists():
             _set_rng_state(_load_rng_state(rng))

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from partialfc.data import FaceRecord, RecordLoader
-from tests.unit.data._datasets import make_packed, make_synth, write_image_folder
+from partialfc.data.layout import DatasetError
+from tests.unit.data._datasets import damage_record, make_packed, make_synth, write_image_folder
 
 pytest.importorskip("nvidia.dali")
 from partialfc.data.dali import DaliLoader
@@ -110,7 +111,9 @@ def test_label_out_of_range_is_reported(synth, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(synth, root)
     (root / "property").write_text("2,112,112")
-    with pytest.raises(ValueError, match=r"train\.rec: label \d+ is not a class in \[0, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"train\.rec, key \d+: label \d+ is not a class in \[0, 2\)"
+    ):
         next(iter(_dali(root, batch_size=72, shuffle=False)))
 
 
@@ -121,7 +124,7 @@ def test_image_size_differs_from_property(synth, tmp_path):
     shutil.copytree(synth, root)
     (root / "property").write_text("12,100,100")
     with pytest.raises(
-        ValueError, match=r"train\.rec: DALI decoded an image of shape \(3, 112, 112\)"
+        ValueError, match=r"train\.rec, key \d+: DALI decoded an image of shape \(3, 112, 112\)"
     ):
         next(iter(_dali(root, batch_size=8)))
 
@@ -133,3 +136,108 @@ def test_argument_errors(synth):
         DaliLoader(synth, 40, world_size=2, device="cpu")
     with pytest.raises(ValueError, match="device must be"):
         DaliLoader(synth, 4, device="tpu")
+
+
+def _copy(synth, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    return root
+
+
+@pytest.mark.parametrize("soi", [False, True], ids=["garbage-pixels", "decoder-fails"])
+def test_a_damaged_jpeg_is_named_by_key(synth, tmp_path, soi):
+    """DALI decodes the first to wrong pixels without an error and fails on the second; either
+    way no batch holding it is handed out, and the error names the record."""
+    root = _copy(synth, tmp_path)
+    damage_record(root, 40, soi=soi)
+    loader = _dali(root, batch_size=8, seed=2)
+    with pytest.raises(DatasetError, match=r"train\.rec, key 40: ") as err:
+        for _ in loader:
+            pass
+    if soi:
+        assert "not an image format Pillow knows (first bytes 00 00 ff e0)" in str(err.value)
+        assert str(err.value).endswith("DALI cannot decode it")
+    else:
+        assert "damaged JPEG (byte " in str(err.value) and "DALI" not in str(err.value)
+    assert err.value.key == 40
+
+
+def _take(loader, n):
+    """The next ``n`` batches of ``loader``, across epochs."""
+    out = []
+    while len(out) < n:
+        for batch in loader:
+            out.append(batch)
+            if len(out) == n:
+                break
+    return out
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(
+        torch.equal(x, y) and torch.equal(s, t) for (x, s), (y, t) in zip(a, b, strict=True)
+    )
+
+
+def test_pipeline_checkpoint_resumes_exactly_across_an_epoch(synth):
+    """9 batches an epoch; the state is taken in epoch 1, after DALI's shuffle buffer and the
+    flip generator have moved on: the restored loader yields exactly what the first yields next,
+    and a fresh one fast-forwarded by batch count does not."""
+    first = _dali(synth, batch_size=8, seed=3, initial_fill=64)
+    _take(first, 13)  # epoch 1, batch 4
+    state, blob = first.state_dict(), first.pipeline_checkpoint()
+    assert state == {"epoch": 1, "batch": 4}
+    expected = _take(first, 10)  # through the end of epoch 1 into epoch 2
+    restored = _dali(synth, batch_size=8, seed=3, initial_fill=64)
+    restored.load_state_dict(state, blob)
+    assert _same(_take(restored, 10), expected)
+    counted = _dali(synth, batch_size=8, seed=3, initial_fill=64)
+    counted.load_state_dict(state)  # no DALI checkpoint: the same count of batches, not the same
+    batches = _take(counted, 10)
+    assert [len(batches), counted.epoch] == [10, 2] and not _same(batches, expected)
+
+
+def test_state_survives_close(synth):
+    loader = _dali(synth, batch_size=8, seed=4)
+    _take(loader, 5)
+    loader.close()  # what the trainer does on SIGTERM before its last checkpoint
+    state, blob = loader.state_dict(), loader.pipeline_checkpoint()
+    with pytest.raises(RuntimeError, match="closed"):
+        next(iter(loader))
+    uninterrupted = _dali(synth, batch_size=8, seed=4)
+    _take(uninterrupted, 5)
+    restored = _dali(synth, batch_size=8, seed=4)
+    restored.load_state_dict(state, blob)
+    assert _same(_take(restored, 6), _take(uninterrupted, 6))
+
+
+def test_trainer_files_restore_each_rank_and_another_world_size_falls_back(synth, tmp_path, caplog):
+    """The trainer's per-rank files: rank 1 of 2 comes back exactly from its own; a run resumed
+    on 1 rank finds none of its own, warns, and runs the used part of the epoch unseen."""
+    from partialfc.train.data import load_loader_state, loader_files
+
+    folder = tmp_path / "step-00000003"
+    folder.mkdir()
+    for rank in range(2):
+        two = _dali(synth, batch_size=4, world_size=2, rank=rank, seed=5)
+        _take(two, 3)
+        for name, blob in loader_files(two).items():
+            (folder / name).write_bytes(blob)
+        state = two.state_dict()
+    expected = _take(two, 4)  # rank 1's next batches
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["dali-rank0-of2-epoch0-batch3.bin", "dali-rank1-of2-epoch0-batch3.bin"]
+    restored = _dali(synth, batch_size=4, world_size=2, rank=1, seed=5)
+    load_loader_state(restored, state, folder)
+    assert _same(_take(restored, 4), expected)
+
+    one = _dali(synth, batch_size=8, seed=5)
+    with caplog.at_level("WARNING", logger="partialfc.train.data"):
+        load_loader_state(one, state, folder)
+    assert (
+        f"{folder} holds no DALI reader state for rank 0 of 1 (it has {', '.join(names)}): "
+        "epoch 0 continues from a fresh reader, 3 batches run unseen" in caplog.text
+    )
+    assert len(list(one)) == len(one) - 3 and one.state_dict() == {"epoch": 1, "batch": 0}

@@ -48,3 +48,34 @@ def make_packed(out: Path, images: Path, img_fmt: str = ".png", **kwargs) -> Pat
         **kwargs,
     )
     return out
+
+
+def damage_record(root: Path, key: int, *, soi: bool = False) -> str:
+    """Inverts 64 bytes inside the entropy-coded data of record ``key``'s JPEG in
+    ``root/train.rec``, at the first offset where the structural check sees it (decoders turn
+    it into wrong pixels without an error); ``soi=True`` breaks the SOI marker instead (DALI's
+    decoder then fails). Returns what the check says."""
+    from partialfc.data.jpeg import jpeg_damage
+    from partialfc.data.layout import FaceRecord
+    from partialfc.data.recordio import unpack
+
+    record = FaceRecord(root)
+    raw = record.reader.read_idx(key)
+    payload = unpack(raw)[1]
+    start = record.reader.idx[key] + 8 + len(raw) - len(payload)  # after magic, length, header
+    record.close()
+    if soi:
+        bad = b"\0\0" + payload[2:]
+    else:
+        scan = payload.index(b"\xff\xda") + 16
+        for offset in range(scan, len(payload) - 64):
+            bad = bytearray(payload)
+            bad[offset : offset + 64] = bytes(b ^ 0xFF for b in bad[offset : offset + 64])
+            if jpeg_damage(bytes(bad)) is not None:
+                break
+        else:
+            raise AssertionError(f"no 64-byte inversion of key {key} is structurally visible")
+    with open(root / "train.rec", "r+b") as f:
+        f.seek(start)
+        f.write(bytes(bad))
+    return jpeg_damage(bytes(bad))

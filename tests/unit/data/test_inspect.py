@@ -9,7 +9,7 @@ import pytest
 from partialfc.cli import main
 from partialfc.data import FaceRecord
 from partialfc.data.inspect import summarize, verify
-from tests.unit.data._datasets import make_synth
+from tests.unit.data._datasets import damage_record, make_synth
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,13 @@ def test_verify_reports_undecodable_image(copy):
     problems = list(verify(copy))
     assert [(p.key, p.offset) for p in problems] == [(7, offset)]
     assert "does not decode" in problems[0].message
+
+
+def test_verify_reports_a_damaged_jpeg_pillow_would_decode(copy):
+    damage = damage_record(copy, 9)
+    problems = list(verify(copy))
+    assert [p.key for p in problems] == [9]
+    assert problems[0].message.endswith(f"key 9: damaged JPEG ({damage})")
 
 
 def test_verify_reports_truncated_file(copy, capsys):

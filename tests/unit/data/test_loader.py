@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from partialfc.data import FaceRecord, GlobalBatchSampler, RecordDataset, RecordLoader
-from tests.unit.data._datasets import make_synth
+from partialfc.data.layout import DatasetError
+from tests.unit.data._datasets import damage_record, make_synth
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +155,26 @@ def test_sampler_argument_errors():
         GlobalBatchSampler(10, 2, world_size=2, rank=2)
     with pytest.raises(ValueError, match="cannot fill one global batch of 12"):
         GlobalBatchSampler(10, 4, world_size=3, rank=0)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_damaged_jpeg_pillow_would_decode_is_named_by_key(synth, tmp_path, workers):
+    """64 inverted bytes in key 30's entropy-coded data: Pillow decodes them to wrong pixels
+    without an error; the loader refuses the record by key, from a worker process too (where
+    DataLoader alone would re-raise a RuntimeError holding a traceback's text)."""
+    root = tmp_path / "copy"
+    shutil.copytree(synth, root)
+    damage = damage_record(root, 30)
+    _, payload = FaceRecord(root).read_image_record(30)
+    from partialfc.data.images import decode_image
+
+    assert decode_image(payload).shape == (112, 112, 3)  # what the torch loader did before
+    loader = RecordLoader(root, batch_size=8, num_workers=workers, seed=1)
+    with pytest.raises(DatasetError) as err:
+        for _ in loader:
+            pass
+    assert str(err.value) == f"{root / 'train.rec'}, key 30: damaged JPEG ({damage})"
+    assert err.value.key == 30
 
 
 def test_corrupt_record_raises_unless_skipping_is_asked(synth, tmp_path):
