@@ -27,9 +27,9 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("sigterm") / "data")
 
 
-def _run(data: Path, out: Path, log: Path, ranks: int):
+def _run(data: Path, out: Path, log: Path, ranks: int, loader: str):
     # The demo config as shipped (workers = 1, eval every 50 steps, ...), sized to this dataset.
-    args = demo_overrides(data, out, f"--train.max_steps={STEPS}")
+    args = demo_overrides(data, out, f"--train.max_steps={STEPS}", f"--data.loader={loader}")
     return popen_train(*args, log=log, torchrun=ranks)
 
 
@@ -51,19 +51,23 @@ def _wait_for_step(out: Path, step: int, proc, log: Path, timeout: float = 240) 
     raise TimeoutError(log.read_text()[-3000:])
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "python"])
+@pytest.mark.parametrize(
+    ("launcher", "loader"), [("torchrun", "torch"), ("python", "torch"), ("torchrun", "dali")]
+)
 def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exactly(
-    data: Path, tmp_path: Path, launcher: str
+    data: Path, tmp_path: Path, launcher: str, loader: str
 ) -> None:
+    if loader == "dali":
+        pytest.importorskip("nvidia.dali")
     ranks = 2 if launcher == "torchrun" else 0
     straight = tmp_path / "straight"
-    proc = _run(data, straight, tmp_path / "straight.log", ranks)
+    proc = _run(data, straight, tmp_path / "straight.log", ranks, loader)
     assert _wait(proc, tmp_path / "straight.log") == 0, (tmp_path / "straight.log").read_text()
     expected = step_losses(straight)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     out, log = tmp_path / "run", tmp_path / "run.log"
-    proc = _run(data, out, log, ranks)
+    proc = _run(data, out, log, ranks, loader)
     _wait_for_step(out, STOP_AFTER, proc, log)
     if launcher == "torchrun":
         proc.send_signal(signal.SIGTERM)  # torchrun forwards it to each worker's process group
@@ -82,7 +86,7 @@ def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exact
     latest = checkpoint.latest_checkpoint(out)
     assert latest is not None and latest.name == f"step-{reached:08d}", (latest, reached)
 
-    again = _run(data, out, tmp_path / "again.log", ranks)
+    again = _run(data, out, tmp_path / "again.log", ranks, loader)
     assert _wait(again, tmp_path / "again.log") == 0, (tmp_path / "again.log").read_text()
     assert f"resumed from {latest} at step {reached}" in (tmp_path / "again.log").read_text()
     assert step_losses(out) == expected, "the resumed steps' losses are the uninterrupted run's"
