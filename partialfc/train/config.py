@@ -88,8 +88,9 @@ class DataConfig:
     image_size: int = 112
     """Side of the synthetic loader's square images."""
     verify: bool = False
-    """Decode every record at preflight (``partialfc inspect --verify``) and refuse to start on a
-    bad one; the gate for damage a loader cannot see (see docs/reliability.md)."""
+    """Check and decode every record at preflight (``partialfc inspect --verify``) and refuse to
+    start on a bad one, instead of stopping at the first batch that holds it; damage that leaves a
+    JPEG well-formed is invisible to every check (see docs/data.md, "Damaged JPEGs")."""
 
     def __post_init__(self) -> None:
         _check(
