@@ -14,9 +14,10 @@ The contract (tests pin it down):
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
-import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -160,6 +161,8 @@ class RecordLoader:
         self.device = None if device is None else torch.device(device)
         self.epoch = 0
         self.batch = 0  # batches of `epoch` already handed to the caller
+        if num_workers > 0:
+            _track(self)
 
     def __len__(self) -> int:
         """Batches per epoch (the same on every rank)."""
@@ -235,20 +238,30 @@ def _ignore_stop_signals(worker_id: int) -> None:
     torchrun, Kubernetes' init and a terminal signal the whole process group. A worker killed by
     it would make the trainer's next data-loader call (or torch's SIGCHLD handler, at any point:
     inside the last checkpoint's write) raise ``DataLoader worker ... killed by signal``. The
-    trainer stops its loaders itself (:meth:`RecordLoader.close`). SIGTERM from the trainer's own
-    process (``Process.terminate`` at shutdown or exit) still ends a worker at once: the signal is
-    blocked and read by a thread that knows the sender; a worker whose trainer died anyway exits
-    on its own (torch's watchdog on the parent) or with the group's SIGKILL.
+    trainer stops its loaders itself (:meth:`RecordLoader.close`), and so does this module at exit
+    (:func:`_close_live_loaders`: multiprocessing's own exit handler would SIGTERM them, in vain,
+    and wait); a worker whose trainer died anyway exits on its own (torch's watchdog on the
+    parent) or with the group's SIGKILL.
+
+    The signals are ignored, not handled: a worker has threads of its own by now, and a
+    process-directed signal reaches whichever thread does not block it.
     """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Forked workers have one thread here; the threads started later inherit the mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    threading.Thread(
-        target=_exit_on_sigterm_from, args=(os.getppid(),), name="sigterm", daemon=True
-    ).start()
 
 
-def _exit_on_sigterm_from(parent: int) -> None:
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
-            os._exit(0)
+_live_loaders: weakref.WeakSet[RecordLoader] = weakref.WeakSet()
+
+
+def _track(loader: RecordLoader) -> None:
+    # Registered after multiprocessing's exit handler (imported with torch.utils.data), so it runs
+    # before it: the workers get their sentinel and end before that handler joins them.
+    if not _live_loaders:
+        atexit.unregister(_close_live_loaders)
+        atexit.register(_close_live_loaders)
+    _live_loaders.add(loader)
+
+
+def _close_live_loaders() -> None:
+    for loader in list(_live_loaders):
+        loader.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,10 +227,18 @@ def test_workers_outlive_a_group_sigterm_and_stop_on_close(synth):
     fourth, fifth = itertools.islice(_forever(loader), 2)  # new workers, the same stream
     for (x, y), (ex, ey) in zip([third, fourth, fifth], expected[2:], strict=True):
         assert torch.equal(x, ex) and torch.equal(y, ey)
-    # SIGTERM from the trainer's process itself (multiprocessing's terminate at exit) still ends
-    # a worker: one that ignored it would hang the trainer's exit in its join.
-    workers = loader._loader._iterator._workers
-    workers[0].terminate()
-    workers[0].join(timeout=10)
-    assert workers[0].exitcode == 0, workers[0].exitcode
     loader.close()
+
+
+def test_a_script_that_never_closes_its_loader_still_exits(synth):
+    """Workers that ignore SIGTERM must not hang the exit: multiprocessing's exit handler SIGTERMs
+    its daemonic children and joins them; the loaders are closed before it runs."""
+    script = (
+        "import sys\nfrom partialfc.data import RecordLoader\n"
+        "loader = RecordLoader(sys.argv[1], batch_size=8, num_workers=2)\n"
+        "next(iter(loader))\nprint('fetched', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(synth)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "fetched" in done.stdout, done.stderr
