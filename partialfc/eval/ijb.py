@@ -93,44 +93,25 @@ def _read_pairs(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pairs[:, 0], pairs[:, 1], pairs[:, 2]
 
 
-def _read_faces(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    names, ids = [], []
-    with path.open() as f:
-        for number, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 3:
-                raise IJBError(
-                    f"{path}:{number}: expected 'image template media', got {line.strip()!r}"
-                )
-            names.append(parts[0])
-            ids.append(parts[1:])
-    try:
-        table = np.array(ids, dtype=np.int64).reshape(-1, 2)
-    except ValueError as exc:
-        raise IJBError(f"{path}: template and media ids must be integers ({exc})") from None
-    return names, table[:, 0], table[:, 1]
-
-
-def _read_landmarks(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _read_named_rows(
+    path: Path, layout: str, fields: int, dtype: type
+) -> tuple[list[str], np.ndarray]:
+    """Lines of ``fields`` fields as ``layout`` shows them: the names and a table of the rest."""
     names, rows = [], []
     with path.open() as f:
         for number, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 12:
-                raise IJBError(
-                    f"{path}:{number}: expected 'image x1 y1 ... x5 y5 score', got {len(parts)} fields"
-                )
+            if len(parts) != fields:
+                raise IJBError(f"{path}:{number}: expected '{layout}', got {len(parts)} fields")
             names.append(parts[0])
             rows.append(parts[1:])
     try:
-        table = np.array(rows, dtype=np.float32).reshape(-1, 11)
+        table = np.array(rows, dtype=dtype).reshape(-1, fields - 1)
     except ValueError as exc:
-        raise IJBError(f"{path}: landmarks and scores must be numbers ({exc})") from None
-    return names, table[:, :10].reshape(-1, 5, 2), table[:, 10]
+        raise IJBError(f"{path}: the fields after the image name must be numbers ({exc})") from None
+    return names, table
 
 
 def read_meta(root: str | os.PathLike[str], target: str) -> IJBMeta:
@@ -145,8 +126,11 @@ def read_meta(root: str | os.PathLike[str], target: str) -> IJBMeta:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise UserFileError(*(f"{p}: no such IJB metadata file" for p in missing))
-    names, templates, medias = _read_faces(files["faces"])
-    lmk_names, landmarks, det_scores = _read_landmarks(files["landmarks"])
+    names, ids = _read_named_rows(files["faces"], "image template media", 3, np.int64)
+    templates, medias = ids[:, 0], ids[:, 1]
+    layout = "image x1 y1 ... x5 y5 score"
+    lmk_names, table = _read_named_rows(files["landmarks"], layout, 12, np.float32)
+    landmarks, det_scores = table[:, :10].reshape(-1, 5, 2), table[:, 10]
     # insightface pairs the two files by line; a mismatch would silently misalign every feature.
     if lmk_names != names:
         at = next(
