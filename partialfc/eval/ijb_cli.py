@@ -46,24 +46,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=list(DEFAULT_FARS),
         help="target FARs (default 1e-6 ... 1e-1)",
     )
-    parser.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="add the mirror image's feature (default: on)",
-    )
-    parser.add_argument(
-        "--norm-score",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep feature norms as quality weights (default: on)",
-    )
-    parser.add_argument(
-        "--detector-score",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="weight features by the detector's faceness score (default: on)",
-    )
+    for flag, what in (
+        ("flip", "add the mirror image's feature"),
+        ("norm-score", "keep feature norms as quality weights"),
+        ("detector-score", "weight features by the detector's faceness score"),
+    ):  # insightface's three switches, on by default as there
+        parser.add_argument(
+            f"--{flag}",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help=f"{what} (default: on)",
+        )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=4, help="image decode/align workers")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
