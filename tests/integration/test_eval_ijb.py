@@ -146,3 +146,41 @@ def test_eval_ijb_user_errors(tree: Path, pixel_onnx: Path, tmp_path: Path) -> N
     )
     done = _eval_ijb(str(tmp_path / "missing.onnx"), str(tree), "--out", str(tmp_path))
     assert done.returncode == 2 and "no such model" in done.stderr
+
+
+def test_torchrun_ranks_embed_slices_of_the_same_features(
+    tree: Path, pixel_onnx: Path, tmp_path: Path
+) -> None:
+    single, ranks = tmp_path / "single", tmp_path / "ranks"
+    assert _eval_ijb(str(pixel_onnx), str(tree), "--out", str(single)).returncode == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend",
+         "c10d", "--rdzv-endpoint", "localhost:0", "-m", "partialfc", "eval-ijb", str(pixel_onnx),
+         str(tree), "--out", str(ranks), "--workers", "0", "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("TAR (%)") == 1, "rank 0 alone scores and prints"
+    a, b = np.load(single / "features.npy"), np.load(ranks / "features.npy")
+    assert a.shape == b.shape and a.shape[0] % 2 == 1, "an odd count: the slices are uneven"
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_synth_ijb_command_writes_a_readable_tree(tmp_path: Path) -> None:
+    from partialfc.cli import main
+
+    argv = [
+        "synth",
+        str(tmp_path),
+        "--ijb",
+        "IJBB",
+        "--identities",
+        "3",
+        "--templates-per-subject",
+        "2",
+    ]
+    assert main([*argv, "--workers", "1", "--no-progress"]) == 0
+    meta = read_meta(tmp_path, "IJBB")
+    assert np.unique(meta.templates).size == 6 and meta.labels.sum() == 3  # 3 subjects x 1 pair
+    assert len(list((tmp_path / "loose_crop").iterdir())) == len(meta.names)
+    assert ((meta.det_scores >= 0.5) & (meta.det_scores <= 1)).all()
