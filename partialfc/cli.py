@@ -22,7 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("partialfc.data.synth", "generate a synthetic face dataset and a verification .bin"),
     "eval": (
         "partialfc.eval.cli",
-        "verification accuracy of a checkpoint on insightface .bin sets",
+        "verification accuracy (and VAL@FAR, XNorm) of a checkpoint or ONNX model on .bin sets",
+    ),
+    "eval-ijb": (
+        "partialfc.eval.ijb_cli",
+        "IJB-B/C 1:1 TAR@FAR of a checkpoint or an ONNX model (insightface's IJB layout)",
     ),
     "export": ("partialfc.export", "export a checkpoint's backbone to ONNX or a state_dict"),
     "convert": (

@@ -10,6 +10,12 @@ The dataset is built in a hidden folder beside the output and renamed into place
 an earlier dataset in the output folder as it was, and replacing one needs ``--overwrite``.
 Besides ``train.rec``, ``train.idx`` and ``property`` it writes ``labels.tsv``, the identity
 behind each label.
+
+Unaligned photos are aligned with ``--landmarks FILE``: one line ``PATH x1 y1 ... x5 y5 [score]``
+per image (five landmarks in pixels, the layout of insightface's ``*_name_5pts_score.txt``; PATH
+relative to the image folder, or to ``--root`` for a ``.lst``, or absolute); each image is then
+stored as its 112x112 ArcFace crop (:func:`partialfc.data.align.norm_crop`; ``--resize N`` for
+another square multiple of 112 or 128).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from partialfc.data._pool import ordered_map
+from partialfc.data.align import norm_crop, template
 from partialfc.data.image_list import (
     IMAGE_SUFFIXES,
     LABELS_FILE,
@@ -47,7 +54,7 @@ from partialfc.data.staging import (
     sigterm_raises,
     staged_folder,
 )
-from partialfc.errors import ConfigError
+from partialfc.errors import ConfigError, UserFileError
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,7 @@ __all__ = [
     "list_image_folder",
     "pack_images",
     "read_labels",
+    "read_landmarks",
     "read_lst",
     "scan_image_folder",
 ]
@@ -83,6 +91,8 @@ class EncodeOptions:
     """JPEG quality 1..100."""
     pass_through: bool = False
     """Copy the file bytes unchanged (JPEG/PNG only; no resize)."""
+    align_size: int | None = None
+    """Side of the five-point aligned crop each image becomes, or None not to align."""
 
     def __post_init__(self) -> None:
         if self.img_fmt not in (".jpg", ".png"):
@@ -91,10 +101,20 @@ class EncodeOptions:
             raise ConfigError(f"quality must be in 1..100, got {self.quality}")
         if self.pass_through and self.resize is not None:
             raise ConfigError("pass_through cannot be combined with resize")
+        if self.align_size is not None:
+            if self.pass_through or self.resize is not None:
+                raise ConfigError(
+                    "align_size (--landmarks) cannot be combined with pass_through or resize"
+                )
+            template(self.align_size)  # a multiple of 112 or 128
 
 
-def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, int]]:
+def encode_file(
+    path: Path, options: EncodeOptions, landmarks: np.ndarray | None = None
+) -> tuple[bytes, tuple[int, int]]:
     """Reads one image file and returns ``(payload, (height, width))``.
+
+    With ``options.align_size`` the image is first aligned by its five ``landmarks`` (5, 2).
 
     Raises:
         PackError: the file cannot be read as an image (the message names it).
@@ -110,6 +130,10 @@ def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, i
                 return data, (image.height, image.width)
         with Image.open(path) as image:
             image = image.convert("RGB")
+            if options.align_size is not None:
+                assert landmarks is not None, "aligning needs landmarks"
+                crop = norm_crop(np.asarray(image), landmarks, options.align_size)
+                image = Image.fromarray(crop)
             if options.resize is not None:
                 height, width = options.resize
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -123,8 +147,37 @@ def encode_file(path: Path, options: EncodeOptions) -> tuple[bytes, tuple[int, i
         raise PackError(f"{path}: cannot read image ({exc})") from None
 
 
-def _encode_task(args: tuple[Path, EncodeOptions]) -> tuple[bytes, tuple[int, int]]:
+def _encode_task(
+    args: tuple[Path, EncodeOptions, np.ndarray | None],
+) -> tuple[bytes, tuple[int, int]]:
     return encode_file(*args)
+
+
+def read_landmarks(path: str | os.PathLike[str], base: Path) -> dict[Path, np.ndarray]:
+    """``{resolved image path: (5, 2) landmarks}`` from ``PATH x1 y1 ... x5 y5 [score]`` lines.
+
+    Raises:
+        UserFileError: the file does not exist.
+        PackError: a line is malformed (the message names the file and the line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserFileError(f"landmarks file not found: {path}")
+    out = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if len(parts) not in (11, 12):
+                raise ValueError(f"{len(parts)} fields")
+            points = np.array(parts[1:11], dtype=np.float64).reshape(5, 2)
+        except ValueError as exc:
+            raise PackError(
+                f"{path}:{number}: expected 'PATH x1 y1 ... x5 y5 [score]' ({exc})"
+            ) from None
+        out[(base / parts[0]).resolve()] = points
+    return out
 
 
 def pack_images(
@@ -139,6 +192,7 @@ def pack_images(
     progress: bool = True,
     *,
     overwrite: bool = False,
+    landmarks: dict[Path, np.ndarray] | None = None,
 ) -> Property:
     """Encodes ``paths`` and writes them as an insightface-layout dataset, with ``labels.tsv``.
 
@@ -157,6 +211,8 @@ def pack_images(
         workers: encoding processes (default: all CPUs).
         progress: show a progress bar.
         overwrite: replace the dataset already in ``out_dir`` (its other files are kept).
+        landmarks: five landmarks of every image by resolved path (see :func:`read_landmarks`),
+            needed when ``options.align_size`` is set.
 
     Returns:
         The written :class:`Property`.
@@ -171,18 +227,28 @@ def pack_images(
     if len(paths) != len(labels):
         raise ValueError(f"got {len(paths)} paths but {len(labels)} labels")
     names = identity_names(paths, labels, num_classes)
+    points = None
+    if options.align_size is not None:
+        found = landmarks or {}
+        points = [found.get(Path(p).resolve()) for p in paths]
+        missing = [str(p) for p, x in zip(paths, points, strict=True) if x is None]
+        if missing:
+            raise PackError(
+                f"{len(missing)} images have no landmarks (e.g. {', '.join(missing[:3])})"
+            )
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
     order = np.arange(len(paths))
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(paths))
     paths = [paths[i] for i in order]
     labels = [int(labels[i]) for i in order]
+    points = None if points is None else [points[i] for i in order]
     if workers is None:
         workers = os.cpu_count() or 1
     with staged_folder(out_dir, OUTPUT_FILES, overwrite, _COMMAND) as tmp:
         sizes = _Sizes(options.resize)
         # closing(): an error in the writer stops the encoding pool now, not at garbage collection
-        with closing(_payloads(paths, options, workers, progress, sizes)) as payloads:
+        with closing(_payloads(paths, options, workers, progress, sizes, points)) as payloads:
             write_records(tmp, payloads, labels, num_classes)
         assert sizes.size is not None  # set by the first payload; there is at least one path
         prop = Property(num_classes, *sizes.size)  # the size is known only now
@@ -197,10 +263,15 @@ class _Sizes:
 
 
 def _payloads(
-    paths: Sequence[Path], options: EncodeOptions, workers: int, progress: bool, sizes: _Sizes
+    paths: Sequence[Path],
+    options: EncodeOptions,
+    workers: int,
+    progress: bool,
+    sizes: _Sizes,
+    points: Sequence[np.ndarray] | None = None,
 ) -> Iterator[bytes]:
     """The encoded images in order; every one must have the first one's size."""
-    tasks = [(p, options) for p in paths]
+    tasks = [(p, options, None if points is None else points[i]) for i, p in enumerate(paths)]
     encoded = ordered_map(_encode_task, tasks, workers, "pack", progress, chunksize=32)
     with closing(encoded):
         for path, (payload, hw) in zip(paths, encoded, strict=True):
@@ -251,6 +322,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     parser.add_argument("--resize", type=_size, metavar="HxW", help="resize every image")
+    parser.add_argument(
+        "--landmarks",
+        type=Path,
+        metavar="FILE",
+        help="align each image by its five landmarks (lines 'PATH x1 y1 ... x5 y5 [score]')"
+        " into a 112x112 ArcFace crop (--resize N: an N x N one)",
+    )
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
     parser.add_argument(
         "--format",
@@ -276,11 +354,19 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.format != "jpg" and args.pass_through:
         log.warning("--format has no effect with --pass-through: files are stored as they are")
+    align_size = None
+    if args.landmarks is not None:
+        if args.resize is not None and args.resize[0] != args.resize[1]:
+            raise ConfigError(
+                f"--landmarks makes square crops: --resize must be N, got {args.resize}"
+            )
+        align_size = args.resize[0] if args.resize is not None else 112
     options = EncodeOptions(
-        resize=args.resize,
+        resize=None if align_size else args.resize,
         img_fmt=f".{args.format}",
         quality=args.quality,
         pass_through=args.pass_through,
+        align_size=align_size,
     )
     # Before listing and encoding anything: a refused output folder costs the user nothing.
     check_target(Path(args.out_dir).resolve(), OUTPUT_FILES, args.overwrite, _COMMAND)
@@ -289,8 +375,11 @@ def run(args: argparse.Namespace) -> int:
             source = Path(args.source)
             if source.suffix == ".lst":
                 found = ImageList(*read_lst(source, args.root))
+                base = Path(args.root) if args.root is not None else source.parent
             else:
                 found = scan_image_folder(source)
+                base = source
+            landmarks = None if args.landmarks is None else read_landmarks(args.landmarks, base)
             prop = pack_images(
                 found.paths,
                 found.labels,
@@ -302,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
                 workers=args.workers,
                 progress=not args.no_progress,
                 overwrite=args.overwrite,
+                landmarks=landmarks,
             )
     except (KeyboardInterrupt, Terminated) as stop:
         ctrl_c = isinstance(stop, KeyboardInterrupt)

@@ -4,6 +4,10 @@ Writes an insightface-layout training set (``train.rec``, ``train.idx``, ``prope
 verification set ``val.bin`` of held-out identities (never in the training set), in insightface's
 ``.bin`` format: half the pairs same identity, half different.
 
+With ``--ijb`` it writes instead a synthetic IJB-B/C tree in insightface's layout
+(:mod:`partialfc.data.synth_ijb`), ``--identities`` subjects of held-out identities, for
+``partialfc eval-ijb``.
+
 Every image comes from its own seed ``(seed, stream, identity, image)``, so the output is
 byte-identical for the same arguments whatever the number of worker processes, and the held-out
 identities do not change when ``--identities`` does.
@@ -169,12 +173,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=d.shuffle,
         help="store training images in a seeded random order (default: on)",
     )
+    parser.add_argument(
+        "--ijb",
+        choices=("IJBC", "IJBB"),
+        help="write a synthetic IJB tree (meta/, loose_crop/) of --identities subjects instead",
+    )
+    parser.add_argument(
+        "--templates-per-subject", type=int, default=3, help="with --ijb (default 3)"
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``partialfc synth``."""
+    if args.ijb:
+        return _run_ijb(args)
     cfg = SynthConfig(
         identities=args.identities,
         images_per_identity=args.images_per_identity,
@@ -190,5 +204,27 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {cfg.identities * cfg.images_per_identity} images of {prop.num_classes} "
         f"identities ({prop.height}x{prop.width}) and {cfg.val_pairs} verification pairs of "
         f"{cfg.val_identities} held-out identities to {args.out_dir}"
+    )
+    return 0
+
+
+def _run_ijb(args: argparse.Namespace) -> int:
+    from partialfc.data.synth_ijb import SynthIJBConfig, synth_ijb
+    from partialfc.errors import ConfigError
+
+    try:
+        cfg = SynthIJBConfig(
+            subjects=args.identities,
+            templates_per_subject=args.templates_per_subject,
+            target=args.ijb,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    counts = synth_ijb(args.out_dir, cfg, workers=args.workers, progress=not args.no_progress)
+    print(
+        f"wrote a synthetic {args.ijb} tree to {args.out_dir}: {counts['images']} images,"
+        f" {counts['templates']} templates of {cfg.subjects} subjects,"
+        f" {counts['pairs']} pairs ({counts['same']} same)"
     )
     return 0

@@ -1,4 +1,7 @@
-"""``partialfc eval CHECKPOINT SET.bin [SET.bin ...]``: 10-fold verification accuracy with flip."""
+"""``partialfc eval MODEL SET.bin [SET.bin ...]``: 10-fold verification of a checkpoint or ONNX model.
+
+Prints, per set, insightface's numbers: the accuracy (with flip), VAL@FAR=1e-3 and XNorm.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir")
+    parser.add_argument("model", help="a checkpoint folder, a run's output_dir or an .onnx model")
     parser.add_argument("sets", nargs="+", type=Path, help="insightface .bin pair sets")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--no-flip", action="store_true", help="do not add the flipped view")
@@ -16,11 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from partialfc.eval.models import load_model
     from partialfc.eval.verification import verify
-    from partialfc.export import load_backbone
     from partialfc.train.evaluation import load_pair_set
 
-    model, _ = load_backbone(args.checkpoint)
+    model, _ = load_model(args.model)
     for path in args.sets:
         images, issame = load_pair_set(path)
         result = verify(
@@ -28,5 +31,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(
             f"{path.stem}: accuracy {result.accuracy:.4f} +- {result.std:.4f} ({issame.shape[0]} pairs)"
+            f"  VAL {result.val:.4f} +- {result.val_std:.4f} @ FAR {result.far:.2e}"
+            f"  XNorm {result.xnorm:.3f}"
         )
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partialfc.distributed import all_gather_no_grad
-from partialfc.eval.verification import embed, fold_accuracy
+from partialfc.eval.verification import VerificationResult, embed_with_norms, fold_accuracy
 from partialfc.train.runtime import Runtime
 
 _CACHE: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
@@ -35,8 +37,8 @@ def load_pair_set(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
 @torch.no_grad()
 def evaluate_sets(
     backbone: nn.Module, paths: list[str], batch_size: int, rt: Runtime
-) -> dict[str, float]:
-    """10-fold verification accuracy of each set; every rank embeds a contiguous slice of it."""
+) -> dict[str, VerificationResult]:
+    """Verification of each set (accuracy, VAL@FAR, XNorm); every rank embeds a slice of it."""
     results = {}
     for path in paths:
         images, issame = load_pair_set(path)
@@ -45,8 +47,33 @@ def evaluate_sets(
             -n // rt.world_size
         )  # ceil: the last slice is padded so the gather sees equal sizes
         mine = images[rt.rank * per : (rt.rank + 1) * per]
-        emb = embed(backbone, mine, batch_size).to(rt.device)  # (<= per, D) unit rows
-        padded = F.pad(emb, (0, 0, 0, per - emb.shape[0]))
+        emb, norms = embed_with_norms(backbone, mine, batch_size)  # (<= per, D) unit, (<= per, 2)
+        local = torch.cat([emb, norms], dim=1).to(rt.device)  # one gather for both
+        padded = F.pad(local, (0, 0, 0, per - local.shape[0]))
         every = all_gather_no_grad(padded, None)[:n].cpu().numpy()
-        results[Path(path).stem] = fold_accuracy(every[0::2], every[1::2], issame).accuracy
+        emb, norms = every[:, : -norms.shape[1]], every[:, -norms.shape[1] :]
+        result = fold_accuracy(emb[0::2], emb[1::2], issame)
+        results[Path(path).stem] = replace(result, xnorm=float(norms.astype(np.float64).mean()))
     return results
+
+
+class EvalMetrics:
+    """Turns each evaluation into the sinks' keys, keeping every set's best accuracy so far.
+
+    ``eval/<set>`` is the accuracy (the key earlier runs logged); ``eval/<set>/<what>`` for
+    ``std``, ``val``, ``val_std``, ``far``, ``xnorm`` and ``best``. Prometheus shows them as
+    gauges ``partialfc_eval_<set>[_<what>]``. The best is over this process's evaluations.
+    """
+
+    def __init__(self) -> None:
+        self.best: dict[str, float] = {}
+
+    def __call__(self, results: dict[str, VerificationResult]) -> dict[str, float]:
+        out = {}
+        for name, r in results.items():
+            self.best[name] = max(self.best.get(name, -math.inf), r.accuracy)
+            out[f"eval/{name}"] = r.accuracy
+            for what in ("std", "val", "val_std", "far", "xnorm"):
+                out[f"eval/{name}/{what}"] = getattr(r, what)
+            out[f"eval/{name}/best"] = self.best[name]
+        return out

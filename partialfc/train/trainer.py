@@ -48,7 +48,7 @@ from partialfc.seeding import mix_seed
 from partialfc.train import checkpoint
 from partialfc.train.config import Config
 from partialfc.train.data import build_loader, load_loader_state, loader_files
-from partialfc.train.evaluation import evaluate_sets
+from partialfc.train.evaluation import EvalMetrics, evaluate_sets
 from partialfc.train.runtime import Runtime
 from partialfc.train.schedule import learning_rate
 from partialfc.train.state import head_state, restore_head_state
@@ -71,6 +71,7 @@ class Trainer:
         # First: /healthz's stall clock starts with the trainer (startup and resume included),
         # and a busy metrics port is reported before the dataset and the model are built.
         self.sink = self._build_sink()
+        self._eval_metrics = EvalMetrics()  # the sinks' eval keys, with each set's best so far
         if cfg.data.global_batch_size % (rt.world_size * cfg.train.grad_accum):
             raise ValueError(
                 f"data.global_batch_size ({cfg.data.global_batch_size}) must be divisible by the world "
@@ -431,10 +432,9 @@ class Trainer:
         return loss_value
 
     def _evaluate(self) -> dict[str, float]:
-        results = evaluate_sets(
-            self.backbone, self.cfg.eval.sets, self.cfg.eval.batch_size, self.rt
-        )
-        self.sink.log_dict({f"eval/{name}": acc for name, acc in results.items()}, self.step)
+        found = evaluate_sets(self.backbone, self.cfg.eval.sets, self.cfg.eval.batch_size, self.rt)
+        self.sink.log_dict(self._eval_metrics(found), self.step)
+        results = {name: r.accuracy for name, r in found.items()}
         if self.rt.is_main:
             print("  ".join(f"{name} {acc:.4f}" for name, acc in results.items()), flush=True)
         return results

@@ -93,6 +93,20 @@ def test_n_ranks_train_exactly_like_one_process(dataset: Path, tmp_path: Path) -
         assert res["eval"]["val"] == pytest.approx(one["eval"]["val"], abs=0.051), (
             "same model, same accuracy"
         )
+        # XNorm gathers every rank's norms: a rank's slice alone would give another mean.
+        xnorm, reference_xnorm = (
+            _eval_record(out)["eval/val/xnorm"],
+            _eval_record(one_out)["eval/val/xnorm"],
+        )
+        assert xnorm == pytest.approx(reference_xnorm, rel=1e-3)
+    record = _eval_record(one_out)
+    assert record["eval/val/best"] == record["eval/val"] and record["eval/val/xnorm"] > 0
+    assert 0.0 <= record["eval/val/val"] <= 1.0 and 0.0 <= record["eval/val/far"] <= 1.0
+
+
+def _eval_record(out: Path) -> dict:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "eval/val" in r][-1]
 
 
 def test_resume_on_three_ranks_then_one(dataset: Path, tmp_path: Path) -> None:

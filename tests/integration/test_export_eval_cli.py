@@ -67,3 +67,26 @@ def test_export_without_a_checkpoint_fails_clearly(tmp_path: Path) -> None:
     done = _cli("export", str(tmp_path), "--onnx", str(tmp_path / "m.onnx"))
     assert done.returncode != 0
     assert "no complete partialfc checkpoint" in done.stderr
+
+
+def test_eval_and_eval_ijb_take_the_checkpoint_or_its_onnx(
+    trained: Path, small_run_config: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from partialfc.data.synth_ijb import SynthIJBConfig, synth_ijb
+
+    onnx = tmp_path / "m.onnx"
+    assert _cli("export", str(trained), "--onnx", str(onnx)).returncode == 0
+    val = small_run_config.parent / "data" / "val.bin"
+    lines = [_cli("eval", model, str(val)).stdout for model in (str(trained), str(onnx))]
+    assert lines[0] == lines[1] and "VAL" in lines[0] and "XNorm" in lines[0], lines
+    tree = tmp_path / "ijb"
+    synth_ijb(tree, SynthIJBConfig(subjects=3, templates_per_subject=2, max_medias=1), workers=1)
+    features = []
+    for model in (trained, onnx):
+        out = tmp_path / f"out-{model.name}"
+        done = _cli("eval-ijb", str(model), str(tree), "--out", str(out), "--workers", "0")
+        assert done.returncode == 0, done.stderr
+        features.append(np.load(out / "features.npy"))
+    assert features[0].shape[1:] == (2, 16)
+    np.testing.assert_allclose(features[0], features[1], rtol=1e-4, atol=1e-4)

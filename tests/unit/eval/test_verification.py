@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from partialfc.eval import embed, fold_accuracy, verify
+from partialfc.eval.verification import embed_with_norms, val_at_far
+from partialfc.train.evaluation import EvalMetrics
 from partialfc.train.schedule import learning_rate
 
 
@@ -79,6 +81,48 @@ def test_verify_pairs_consecutive_images() -> None:
     assert result.accuracy >= 0.9
     with pytest.raises(ValueError, match="two per pair"):
         verify(_LeftHalf(), images[:39], issame)
+
+
+def test_val_uses_the_interpolated_far_threshold() -> None:
+    # 10 folds of (same, different). Every different pair sits at 2.0005, so on 9 training folds
+    # FAR jumps from 0 (threshold 2.000) to 1 (2.001): FAR 1e-3 interpolates to 2.000001. Same
+    # pairs at 2.0000005 (folds 0-4) fall below it, those at 2.0000015 (folds 5-9) above: VAL is
+    # 0.5 +- 0.5 at FAR 0. Without interpolation (2.000) VAL would be 0; with 2.001 it'd be 1, FAR 1.
+    dist = np.array([[2.0000005 if k < 5 else 2.0000015, 2.0005] for k in range(10)]).ravel()
+    same = np.array([True, False] * 10)
+    assert val_at_far(dist, same) == pytest.approx((0.5, 0.5, 0.0))
+    result = fold_accuracy(*_pairs(dist.tolist()), same)
+    assert (result.val, result.val_std, result.far) == pytest.approx((0.5, 0.5, 0.0), abs=1e-6)
+
+
+def test_val_is_zero_when_no_threshold_reaches_the_far() -> None:
+    # insightface's rule: no threshold in [0, 4) accepts a different pair, so the threshold is 0.
+    dist = np.array([0.1, 4.5] * 10)
+    assert val_at_far(dist, np.array([True, False] * 10)) == (0.0, 0.0, 0.0)
+
+
+def test_xnorm_is_the_mean_raw_norm_of_both_views() -> None:
+    images = torch.zeros(40, 3, 2, 4)
+    images[..., :2] = 1.0  # plain view (1, 1): norm sqrt 2; flipped view (0, 1): norm 1
+    _, norms = embed_with_norms(_LeftHalf(), images)
+    torch.testing.assert_close(norms[0], torch.tensor([2**0.5, 1.0]))
+    result = verify(_LeftHalf(), images, torch.tensor([True, False] * 10))
+    assert result.xnorm == pytest.approx((2**0.5 + 1) / 2)
+    assert verify(_LeftHalf(), images, torch.ones(20, dtype=torch.bool), flip=False).xnorm == (
+        pytest.approx(2**0.5)
+    )
+
+
+def test_eval_metrics_keep_the_best_accuracy() -> None:
+    metrics = EvalMetrics()
+    first = fold_accuracy(*_pairs([0.2, 2.0] * 10), np.array([True, False] * 10))
+    worse = fold_accuracy(*_pairs([0.5, 0.3] + [0.5, 1.5] * 9), np.array([True, False] * 10))
+    assert metrics({"lfw": first})["eval/lfw/best"] == 1.0
+    logged = metrics({"lfw": worse})
+    assert logged["eval/lfw"] == pytest.approx(0.95) and logged["eval/lfw/best"] == 1.0
+    assert set(logged) == {
+        f"eval/lfw{k}" for k in ("", "/std", "/val", "/val_std", "/far", "/xnorm", "/best")
+    }
 
 
 def test_schedule_warms_up_then_decays_to_zero() -> None:
