@@ -48,6 +48,8 @@ def create(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Module:
         name: a name from :func:`list_backbones`, e.g. ``"iresnet50"``.
         embedding_size: width of the output embedding.
         **kwargs: backbone options (e.g. ``dropout``, ``checkpoint_activations``); see the factory.
+            An option given as ``None`` takes the factory's default (say, checkpointing on for
+            the big ViTs), as an absent one does.
 
     Returns:
         The model, mapping images (N, 3, 112, 112) to embeddings (N, embedding_size).
@@ -65,4 +67,5 @@ def create(name: str, embedding_size: int = 512, **kwargs: Any) -> nn.Module:
         or embedding_size < 1
     ):
         raise ValueError(f"embedding_size must be a positive int, got {embedding_size!r}")
-    return factory(embedding_size=embedding_size, **kwargs)
+    options = {key: value for key, value in kwargs.items() if value is not None}
+    return factory(embedding_size=embedding_size, **options)

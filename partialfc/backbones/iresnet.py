@@ -150,35 +150,88 @@ class IResNet(nn.Module):
         return self.features(self.fc(self.dropout(x)))
 
 
-def _iresnet(name: str, layers: Sequence[int], embedding_size: int, **kwargs: Any) -> IResNet:
-    return IResNet(layers, embedding_size=embedding_size, name=name, **kwargs)
+# Blocks per stage. r2060 is arcface_torch's 2060-layer experiment (about 1.1e9 parameters).
+_LAYERS = {
+    "18": (2, 2, 2, 2),
+    "34": (3, 4, 6, 3),
+    "50": (3, 4, 14, 3),
+    "100": (3, 13, 30, 3),
+    "200": (6, 26, 60, 6),
+    "2060": (3, 128, 1024 - 128, 3),
+}
+
+
+def _iresnet(name: str, depth: str, embedding_size: int, **kwargs: Any) -> IResNet:
+    return IResNet(_LAYERS[depth], embedding_size=embedding_size, name=name, **kwargs)
 
 
 @register
 def iresnet18(embedding_size: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-18, stages [2, 2, 2, 2]; options as :class:`IResNet`."""
-    return _iresnet("iresnet18", (2, 2, 2, 2), embedding_size, **kwargs)
+    return _iresnet("iresnet18", "18", embedding_size, **kwargs)
 
 
 @register
 def iresnet34(embedding_size: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-34, stages [3, 4, 6, 3]; options as :class:`IResNet`."""
-    return _iresnet("iresnet34", (3, 4, 6, 3), embedding_size, **kwargs)
+    return _iresnet("iresnet34", "34", embedding_size, **kwargs)
 
 
 @register
 def iresnet50(embedding_size: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-50, stages [3, 4, 14, 3]; options as :class:`IResNet`."""
-    return _iresnet("iresnet50", (3, 4, 14, 3), embedding_size, **kwargs)
+    return _iresnet("iresnet50", "50", embedding_size, **kwargs)
 
 
 @register
 def iresnet100(embedding_size: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-100, stages [3, 13, 30, 3]; options as :class:`IResNet`."""
-    return _iresnet("iresnet100", (3, 13, 30, 3), embedding_size, **kwargs)
+    return _iresnet("iresnet100", "100", embedding_size, **kwargs)
 
 
 @register
 def iresnet200(embedding_size: int = 512, **kwargs: Any) -> IResNet:
     """IResNet-200, stages [6, 26, 60, 6]; options as :class:`IResNet`."""
-    return _iresnet("iresnet200", (6, 26, 60, 6), embedding_size, **kwargs)
+    return _iresnet("iresnet200", "200", embedding_size, **kwargs)
+
+
+# arcface_torch's names (``config.network``) for the same models: identical modules, parameter
+# names and initialisation; only the name in error messages differs.
+
+
+@register
+def r18(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    """arcface_torch's ``r18``: :func:`iresnet18`."""
+    return _iresnet("r18", "18", embedding_size, **kwargs)
+
+
+@register
+def r34(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    """arcface_torch's ``r34``: :func:`iresnet34`."""
+    return _iresnet("r34", "34", embedding_size, **kwargs)
+
+
+@register
+def r50(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    """arcface_torch's ``r50``: :func:`iresnet50`."""
+    return _iresnet("r50", "50", embedding_size, **kwargs)
+
+
+@register
+def r100(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    """arcface_torch's ``r100``: :func:`iresnet100`."""
+    return _iresnet("r100", "100", embedding_size, **kwargs)
+
+
+@register
+def r200(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    """arcface_torch's ``r200``: :func:`iresnet200`."""
+    return _iresnet("r200", "200", embedding_size, **kwargs)
+
+
+@register
+def r2060(embedding_size: int = 512, **kwargs: Any) -> IResNet:
+    """arcface_torch's ``r2060``: stages [3, 128, 896, 3], checkpointed blocks by default (as
+    arcface_torch checkpoints its second and third stages in training)."""
+    kwargs.setdefault("checkpoint_activations", True)
+    return _iresnet("r2060", "2060", embedding_size, **kwargs)

@@ -242,3 +242,12 @@ def mbf(embedding_size: int = 512, **kwargs: Any) -> MobileFaceNet:
     kwargs.setdefault("scale", 2)
     kwargs.setdefault("name", "mbf")
     return MobileFaceNet(embedding_size=embedding_size, **kwargs)
+
+
+@register
+def mbf_large(embedding_size: int = 512, **kwargs: Any) -> MobileFaceNet:
+    """insightface's ``mbf_large``: MobileFaceNet at ``scale=4`` with blocks (2, 8, 12, 4)."""
+    kwargs.setdefault("blocks", (2, 8, 12, 4))
+    kwargs.setdefault("scale", 4)
+    kwargs.setdefault("name", "mbf_large")
+    return MobileFaceNet(embedding_size=embedding_size, **kwargs)

@@ -124,8 +124,9 @@ class ModelConfig:
     """Width D of the embedding."""
     dropout: float = 0.0
     """Dropout before the embedding layer."""
-    checkpoint_activations: bool = False
-    """Recompute activations in backward to save memory."""
+    checkpoint_activations: bool | None = None
+    """Recompute activations in backward to save memory; unset: the backbone's default (on for
+    vit_b, vit_l, vit_h and r2060, as in arcface_torch; off for the others)."""
 
     def __post_init__(self) -> None:
         known = backbones.list_backbones()
@@ -506,6 +507,9 @@ def _describe(hint: Any) -> str:
 
 def _parse(text: str, hint: Any, name: str) -> Any:
     """A command-line string as the field's type."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        # An optional field (``bool | None``): a value given on the command line is its type.
+        (hint,) = (h for h in typing.get_args(hint) if h is not type(None))
     try:
         if hint is bool:
             lowered = text.lower()

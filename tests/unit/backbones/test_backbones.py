@@ -9,6 +9,7 @@ only with ``PARTIALFC_RUN_SLOW=1``::
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -25,8 +26,29 @@ NAMES = backbones.list_backbones()
 # Backbones whose expensive checks are opt-in. Listed rather than measured so that collecting the
 # tests stays instant; test_every_big_backbone_is_listed_as_slow keeps the list honest. iresnet18
 # runs every code path of its family: the deeper variants differ from it only in block counts.
-SLOW_BACKBONES = frozenset({"iresnet34", "iresnet50", "iresnet100", "iresnet200"})
+SLOW_BACKBONES = frozenset(
+    {"iresnet34", "iresnet50", "iresnet100", "iresnet200", "mbf_large", "vit_s", "vit_b",
+     "vit_l_dp005_mask_005", "vit_h", "r2060"}
+)  # fmt: skip
 HEAVY_PARAMS = 30_000_000  # above this a float32 training step takes seconds on one CPU core
+# Names whose modules are another registered name's (test_aliases_build_their_originals):
+# arcface_torch's names for our iresnets, and its ViT recipes that change only drop-path and
+# masking rates. Their numerical checks would repeat the original's, so they are opt-in as well.
+ALIASES = {
+    "r18": "iresnet18", "r34": "iresnet34", "r50": "iresnet50", "r100": "iresnet100",
+    "r200": "iresnet200", "vit_t_dp005_mask0": "vit_t", "vit_s_dp005_mask_0": "vit_s",
+    "vit_b_dp005_mask_005": "vit_b",
+}  # fmt: skip
+# Even a default-width eval forward of these takes seconds (7.6e7 to 1.1e9 parameters).
+HUGE_BACKBONES = frozenset({"r2060", "vit_s", "vit_b", "vit_l_dp005_mask_005", "vit_h"})
+HUGE_PARAMS = 200_000_000
+# Too big for any CPU test that stores them (r2060: 4.5 GB of float32 parameters, vit_h 3 GB, twice
+# that in float64, and again for gradients): only their structure is tested, on the meta device;
+# their code paths are iresnet18's and vit_t's.
+META_ONLY = frozenset({"r2060", "vit_h"})
+META_ONLY_PARAMS = 500_000_000
+# Seconds to construct even on the meta device (r2060: 2065 convolutions, each initialised).
+SLOW_TO_BUILD = frozenset({"r2060"})
 RUN_SLOW = os.environ.get("PARTIALFC_RUN_SLOW") == "1"
 SLOW = [
     pytest.mark.slow,
@@ -38,8 +60,17 @@ IMAGE = (3, 112, 112)
 
 def _meta_model(name: str, **kwargs: object) -> nn.Module:
     """The backbone without storage: structure and parameter shapes for free."""
+    if not kwargs:
+        return _default_meta_model(name)
     with torch.device("meta"):
         return backbones.create(name, **kwargs)
+
+
+@functools.cache
+def _default_meta_model(name: str) -> nn.Module:
+    # Built once per name: r2060's 900 blocks take seconds to construct even without storage.
+    with torch.device("meta"):
+        return backbones.create(name)
 
 
 def _num_params(model: nn.Module) -> int:
@@ -47,12 +78,15 @@ def _num_params(model: nn.Module) -> int:
 
 
 def _case(*values: str, slow: bool) -> object:
+    if values[0] in META_ONLY:
+        return pytest.param(*values, marks=pytest.mark.skip(reason="too big for a CPU test"))
     return pytest.param(*values, marks=SLOW if slow else ())
 
 
-CASES = [_case(n, slow=n in SLOW_BACKBONES) for n in NAMES]
+CASES = [_case(n, slow=n in SLOW_BACKBONES or n in ALIASES) for n in NAMES]
+EVAL_CASES = [_case(n, slow=n in HUGE_BACKBONES or n in ALIASES) for n in NAMES]
 ONNX_CASES = [
-    _case(n, exporter, slow=n in SLOW_BACKBONES or exporter == "dynamo")
+    _case(n, exporter, slow=n in SLOW_BACKBONES or n in ALIASES or exporter == "dynamo")
     for n in NAMES
     for exporter in ("torchscript", "dynamo")
 ]
@@ -101,14 +135,38 @@ def _calibrate(model: nn.Module, batch: int = 4) -> nn.Module:
 
 def test_registry_lists_every_family() -> None:
     assert {"iresnet18", "iresnet34", "iresnet50", "iresnet100", "iresnet200"} <= set(NAMES)
-    assert {"mobilefacenet", "mbf"} <= set(NAMES)
+    assert {"mobilefacenet", "mbf", "mbf_large"} <= set(NAMES)
+    assert {"vit_t", "vit_s", "vit_b", "vit_h"} <= set(NAMES)
+    assert {"r18", "r34", "r50", "r100", "r200", "r2060"} <= set(NAMES)
     assert sorted(NAMES) == NAMES
 
 
 def test_every_big_backbone_is_listed_as_slow() -> None:
-    for name in NAMES:
-        if _num_params(_meta_model(name)) > HEAVY_PARAMS:
+    assert SLOW_TO_BUILD <= SLOW_BACKBONES & HUGE_BACKBONES
+    for name in sorted(set(NAMES) - SLOW_TO_BUILD):
+        count = _num_params(_meta_model(name))
+        if count > HEAVY_PARAMS and name not in ALIASES:
             assert name in SLOW_BACKBONES, f"add {name} to SLOW_BACKBONES"
+        if count > HUGE_PARAMS:
+            assert name in HUGE_BACKBONES, f"add {name} to HUGE_BACKBONES"
+        if count > META_ONLY_PARAMS:
+            assert name in META_ONLY, f"add {name} to META_ONLY"
+
+
+@pytest.mark.parametrize("alias,original", sorted(ALIASES.items()))
+def test_aliases_build_their_originals(alias: str, original: str) -> None:
+    ours, theirs = _meta_model(alias), _meta_model(original)
+    assert type(ours) is type(theirs) and ours.name == alias
+    assert len(list(ours.modules())) == len(list(theirs.modules()))
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in theirs.state_dict().items()
+    ]
+
+
+def test_an_alias_initialises_as_its_original() -> None:
+    first, second = (_model(name).state_dict() for name in ("r18", "iresnet18"))
+    for key, value in first.items():
+        assert torch.equal(value, second[key]), key
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
@@ -124,7 +182,7 @@ def test_bad_embedding_size(size: object) -> None:
         backbones.create("mobilefacenet", embedding_size=size)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("name", ["iresnet18", "mobilefacenet"])
+@pytest.mark.parametrize("name", ["iresnet18", "mobilefacenet", "vit_t"])
 @pytest.mark.parametrize("dropout", [-0.1, 1.0])
 def test_bad_dropout(name: str, dropout: float) -> None:
     with pytest.raises(ValueError, match="dropout"):
@@ -232,7 +290,9 @@ def test_zero_init_residual_makes_blocks_start_as_their_shortcut() -> None:
 # --- input contract ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=SLOW if n in SLOW_TO_BUILD else ()) for n in NAMES]
+)
 @pytest.mark.parametrize(
     "shape", [(2, 3, 96, 96), (2, 1, 112, 112), (3, 112, 112), (1, 3, 112, 96)]
 )
@@ -245,7 +305,7 @@ def test_wrong_input_shape_is_a_clear_error(name: str, shape: tuple[int, ...]) -
 # --- numerics ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", EVAL_CASES)
 def test_eval_forward_is_shaped_and_deterministic(name: str) -> None:
     # Default width, no grad: cheap enough for the largest variants too. Calibrated, because with
     # insightface's init (conv std 0.1) an untrained iresnet100/200 overflows to NaN in eval mode.
@@ -296,7 +356,7 @@ def test_checkpointing_changes_nothing_but_memory(name: str) -> None:
     for model in (plain, ckpt):
         calls: list[None] = []  # one entry per activation forward, recomputations included
         for m in model.modules():
-            if isinstance(m, nn.PReLU):
+            if isinstance(m, (nn.PReLU, nn.ReLU6)):  # the CNNs' and the ViTs' activations
                 m.register_forward_hook(lambda *_, calls=calls: calls.append(None))
         torch.manual_seed(3)  # the same dropout mask for both
         out = model(x)
@@ -312,6 +372,28 @@ def test_checkpointing_changes_nothing_but_memory(name: str) -> None:
     buffers = dict(ckpt.named_buffers())
     for buffer_name, b in plain.named_buffers():
         assert_close(buffers[buffer_name], b, rtol=0, atol=0, msg=buffer_name)
+
+
+def test_vit_attention_softmax_stays_float32_under_autocast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = _calibrate(_model("vit_t"))
+    seen: list[torch.dtype] = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, *args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        seen.append(q.dtype)
+        return real(q, *args, **kwargs)
+
+    x = _images(2)
+    with torch.no_grad():
+        expected = model(x)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+    assert seen == [torch.float32] * len(model.blocks)
+    assert got.dtype == torch.bfloat16  # the Linear layers did run in bf16
+    assert_close(got.float(), expected, rtol=0.1, atol=0.1 * float(expected.abs().max()))
 
 
 def _export(model: nn.Module, x: torch.Tensor, exporter: str) -> bytes:

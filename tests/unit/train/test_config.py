@@ -63,6 +63,22 @@ def test_command_line_overrides_are_parsed_to_the_field_type(tmp_path) -> None:
     assert cfg.head.straight_through is True and cfg.eval.sets == ["a.bin", "b.bin"]
 
 
+@pytest.mark.parametrize("value,expected", [(None, None), ("false", False), ("on", True)])
+def test_checkpoint_activations_is_unset_or_a_bool(tmp_path, value, expected) -> None:
+    # unset: the backbone decides (on for arcface_torch's big ViTs); set: it is forced either way
+    overrides = [] if value is None else ["--model.checkpoint_activations", value]
+    cfg = Config.load(_write(tmp_path), overrides)
+    assert cfg.model.checkpoint_activations is expected
+    assert Config.from_dict(cfg.to_dict()) == cfg, "config.json keeps it"
+    with pytest.raises(ValueError, match=r"model\.checkpoint_activations: expected"):
+        Config.from_dict({"model": {"checkpoint_activations": "yes"}})
+
+
+@pytest.mark.parametrize("name", ["r50", "mbf_large", "vit_t", "vit_h", "r2060"])
+def test_arcface_torch_backbone_names_are_accepted(tmp_path, name) -> None:
+    assert Config.load(_write(tmp_path), ["--model.backbone", name]).model.backbone == name
+
+
 @pytest.mark.parametrize(
     "overrides,match",
     [
