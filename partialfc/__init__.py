@@ -7,6 +7,7 @@ optimizer for its class centres. Importing partialfc does no work: no process gr
 from partialfc.distributed import shard_range
 from partialfc.heads import CenterLoss, PartialFC, TripletLoss
 from partialfc.margins import (
+    MARGINS,
     ArcFace,
     CombinedMargin,
     CosFace,
@@ -21,6 +22,7 @@ from partialfc.optim import SparseSGD
 __version__ = "0.1.0"
 
 __all__ = [
+    "MARGINS",
     "ArcFace",
     "CenterLoss",
     "CombinedMargin",
