@@ -8,10 +8,14 @@ from partialfc.distributed import shard_range
 from partialfc.heads import CenterLoss, PartialFC, TripletLoss
 from partialfc.margins import (
     MARGINS,
+    AdaFace,
     ArcFace,
     CombinedMargin,
     CosFace,
+    CurricularFace,
+    ElasticFace,
     LSoftmax,
+    MagFace,
     Margin,
     NormFace,
     Softmax,
@@ -23,11 +27,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MARGINS",
+    "AdaFace",
     "ArcFace",
     "CenterLoss",
     "CombinedMargin",
     "CosFace",
+    "CurricularFace",
+    "ElasticFace",
     "LSoftmax",
+    "MagFace",
     "Margin",
     "NormFace",
     "PartialFC",

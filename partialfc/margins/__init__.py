@@ -6,6 +6,7 @@
 ``[head.margin_args]``. Nothing here touches ``torch.distributed``.
 """
 
+from partialfc.margins.adaface import AdaFace
 from partialfc.margins.base import (
     COS_EPS,
     Margin,
@@ -23,15 +24,22 @@ from partialfc.margins.classic import (
     Softmax,
     SphereFace,
 )
+from partialfc.margins.curricularface import CurricularFace
+from partialfc.margins.elasticface import ElasticFace
+from partialfc.margins.magface import MagFace
 from partialfc.margins.registry import MARGINS, build_margin, margin_arguments, register
 
 __all__ = [
     "COS_EPS",
     "MARGINS",
+    "AdaFace",
     "ArcFace",
     "CombinedMargin",
     "CosFace",
+    "CurricularFace",
+    "ElasticFace",
     "LSoftmax",
+    "MagFace",
     "Margin",
     "MarginBatch",
     "NormFace",
