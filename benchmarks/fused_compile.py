@@ -40,7 +40,7 @@ def _signature(fn, dtype: str) -> dict[str, str]:
     for name, param in fn.signature.parameters.items():
         if name.endswith("_ptr"):
             sig[name] = "*" + (POINTERS.get(name, "fp32") or dtype)
-        elif name in ("scale", "threshold"):
+        elif name in ("scale", "threshold", "limit"):
             sig[name] = "fp32"
         elif "constexpr" in str(param.annotation):
             sig[name] = "constexpr"
@@ -53,7 +53,7 @@ def compile_one(kernel: str, config: tuple, dtype: str, arch: int) -> dict:
     fn = getattr(_fused, kernel).fn
     names = KERNELS[kernel][1]
     consts = dict(zip(names, config[:-2], strict=True))
-    consts.update(USE_INDEX=True, NORMALIZE_W=True, HAS_BIAS=False, FILTER=False, UPCAST=False,
+    consts.update(USE_INDEX=True, NORMALIZE_W=True, HAS_BIAS=False, FILTER=False, CLAMP=False, UPCAST=False,
                   PRECISION="ieee" if dtype == "fp32" else "tf32")  # fmt: skip
     src = ASTSource(
         fn=fn,

@@ -7,10 +7,15 @@ optimizer for its class centres. Importing partialfc does no work: no process gr
 from partialfc.distributed import shard_range
 from partialfc.heads import CenterLoss, PartialFC, TripletLoss
 from partialfc.margins import (
+    MARGINS,
+    AdaFace,
     ArcFace,
     CombinedMargin,
     CosFace,
+    CurricularFace,
+    ElasticFace,
     LSoftmax,
+    MagFace,
     Margin,
     NormFace,
     Softmax,
@@ -21,11 +26,16 @@ from partialfc.optim import SparseSGD
 __version__ = "0.1.0"
 
 __all__ = [
+    "MARGINS",
+    "AdaFace",
     "ArcFace",
     "CenterLoss",
     "CombinedMargin",
     "CosFace",
+    "CurricularFace",
+    "ElasticFace",
     "LSoftmax",
+    "MagFace",
     "Margin",
     "NormFace",
     "PartialFC",

@@ -32,7 +32,7 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, Config]:
         raise FileNotFoundError(
             f"{ckpt} has no config.json; was it written by partialfc's trainer?"
         )
-    cfg = Config.from_dict(json.loads(config_file.read_text()))
+    cfg = Config.from_saved(json.loads(config_file.read_text()))
     model = backbones.create(
         cfg.model.backbone, embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout
     )

@@ -104,3 +104,103 @@ def loss_and_grads(
     loss = F.cross_entropy(z, target_labels)
     grads = torch.autograd.grad(loss, [v for v in (x, w, b) if v is not None])
     return loss.detach(), grads[0], grads[1], grads[2] if b is not None else None
+
+
+# --------------------------------------------------------------------------- the later margins
+# Each follows its official implementation's operations on the full (B, C) cosine matrix (clamps,
+# sqrt(1 - cos^2), fall-backs), with the state passed in and returned, not kept.
+
+
+def _cosines(x: torch.Tensor, w: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return (F.normalize(x, dim=1) @ F.normalize(w, dim=1).t()).clamp(lo, hi)
+
+
+def curricularface(x, w, labels, state, s, m, alpha):
+    """CurricularFace's logits (head/metrics.py); ``state`` = t before the step."""
+    cos = _cosines(x, w, -1.0, 1.0)
+    target = cos.gather(1, labels[:, None])  # (B, 1)
+    sin = torch.sqrt(1.0 - target**2)
+    target_m = target * math.cos(m) - sin * math.sin(m)
+    hard = cos > target_m
+    final = torch.where(
+        target > math.cos(math.pi - m), target_m, target - math.sin(math.pi - m) * m
+    )
+    t = alpha * target.detach().mean() + (1 - alpha) * state
+    cos = torch.where(hard, cos * (t + cos), cos)
+    cos = cos.scatter(1, labels[:, None], final)
+    return s * cos, 0.0, t
+
+
+def adaface(x, w, labels, state, s, m, h, t_alpha):
+    """AdaFace's logits (head.py); ``state`` = (batch_mean, batch_std) before the step."""
+    eps = 1e-3
+    cos = _cosines(x, w, -1 + eps, 1 - eps)
+    safe = x.norm(dim=1, keepdim=True).clamp(0.001, 100).detach()  # (B, 1)
+    mean = safe.mean() * t_alpha + (1 - t_alpha) * state[0]
+    std = safe.std() * t_alpha + (1 - t_alpha) * state[1]
+    z = (h * (safe - mean) / (std + eps)).clamp(-1, 1)
+    onehot = F.one_hot(labels, w.shape[0]).to(x.dtype)
+    theta = (cos.acos() + onehot * (-m * z)).clamp(eps, math.pi - eps)
+    return s * (theta.cos() - onehot * (m + m * z)), 0.0, (mean, std)
+
+
+def magface(x, w, labels, state, s, l_a, u_a, l_m, u_m, lambda_g, easy_margin):
+    """MagFace's logits and regulariser (MagLinear, MagLoss); no state."""
+    a = x.norm(dim=1, keepdim=True).clamp(l_a, u_a)  # (B, 1), differentiable
+    margin = (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
+    cos = _cosines(x, w, -1.0, 1.0)
+    sin = torch.sqrt(1.0 - cos**2)
+    cos_m = cos * torch.cos(margin) - sin * torch.sin(margin)
+    if easy_margin:
+        cos_m = torch.where(cos > 0, cos_m, cos)
+    else:
+        low = cos - torch.sin(math.pi - margin) * margin
+        cos_m = torch.where(cos > torch.cos(math.pi - margin), cos_m, low)
+    onehot = F.one_hot(labels, w.shape[0]).bool()
+    reg = lambda_g * (a / u_a**2 + 1 / a).mean()
+    return torch.where(onehot, s * cos_m, s * cos), reg, state
+
+
+def elastic_margins(
+    target_cos: torch.Tensor, seed: int, step: int, m: float, std: float, plus: bool
+) -> torch.Tensor:
+    """The per-sample margins of a step: N(m, std) from the (seed, step) stream; with ``plus``
+    the k-th largest target cosine gets the k-th smallest margin (a loop, as the paper says)."""
+    from partialfc.seeding import generator
+
+    gen = generator("elasticface", seed, step)
+    draw = torch.randn(target_cos.shape[0], generator=gen, dtype=torch.float64) * std + m
+    if not plus:
+        return draw
+    out = torch.empty_like(draw)
+    ascending = sorted(draw.tolist())
+    by_cos = sorted(range(len(draw)), key=lambda i: -float(target_cos[i]))
+    for k, i in enumerate(by_cos):
+        out[i] = ascending[k]
+    return out
+
+
+def elasticface(x, w, labels, state, s, m, std, kind, plus, seed, step):
+    """ElasticArcFace / ElasticCosFace's logits (utils/losses.py); no state."""
+    cos = _cosines(x, w, -1.0, 1.0)
+    target = cos.gather(1, labels[:, None]).squeeze(1).detach()
+    margins = elastic_margins(target, seed, step, m, std, plus)
+    m_hot = F.one_hot(labels, w.shape[0]).to(x.dtype) * margins[:, None]
+    z = torch.cos(cos.acos() + m_hot) if kind == "arc" else cos - m_hot
+    return s * z, 0.0, state
+
+
+def stateful_loss_and_grads(logits_fn, x, w, labels, state, columns=None):
+    """Loss (cross-entropy + any regulariser), its gradients w.r.t. x and w, and the new state,
+    for one of the functions above (``logits_fn(x, w, labels, state) -> (z, extra, state)``)."""
+    x = x.detach().double().requires_grad_()
+    w = w.detach().double().requires_grad_()
+    z, extra, new_state = logits_fn(x, w, labels, state)
+    target_labels = labels
+    if columns is not None:
+        z = z[:, columns]
+        target_labels = torch.searchsorted(columns, labels)
+        assert torch.equal(columns[target_labels], labels), "a label is missing from the columns"
+    loss = F.cross_entropy(z, target_labels) + extra
+    gx, gw = torch.autograd.grad(loss, [x, w])
+    return loss.detach(), gx, gw, new_state

@@ -14,13 +14,13 @@ the full (C_r, D) shard: no dense C_r x D gradient is ever allocated.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from partialfc.distributed import combine_softmax_stats
-from partialfc.margins import Margin
+from partialfc.margins import Margin, MarginBatch
 
 NORM_EPS = 1e-12  # as F.normalize: centres with a smaller norm are divided by this instead
 BLOCK_ELEMENTS = (
@@ -112,34 +112,39 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         x: torch.Tensor,  # (B, D), as the GEMM sees it (normalised or not)
         weight: torch.Tensor,  # (C_r, D) leaf shard
         bias: torch.Tensor | None,  # (C_r,)
+        norms: torch.Tensor | None,  # (B,) |x| of the raw embeddings, for margins that use it
         index: torch.Tensor | None,  # (N,) sorted local rows used; None: all C_r rows
         col: torch.Tensor,  # (B,) column in [0, N) of each row's class (junk where ~has)
         target_row: torch.Tensor,  # (B,) row in [0, C_r) of each row's class (junk where ~has)
         has: torch.Tensor,  # (B,) bool: this shard owns the row's class
         opts: CoreOptions,
+        batch: MarginBatch,
     ) -> torch.Tensor:
         margin = opts.margin
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        batch = x.shape[0]
+        batch_size = x.shape[0]
         num_rows = weight.shape[0] if index is None else index.numel()
 
-        logits = x.new_empty((batch, num_rows), dtype=acc)  # (B, N): the one big buffer
+        logits = x.new_empty((batch_size, num_rows), dtype=acc)  # (B, N): the one big buffer
         inv_norm = x.new_empty(num_rows, dtype=acc) if margin.normalize_weight else None
         xg = x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)
         for cols, w in _blocks(weight, index, num_rows):
             _mm_into(logits[:, cols], xg, w.t(), opts.gemm_dtype)
             if inv_norm is not None:
-                norms = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS)
-                inv_norm[cols] = norms.reciprocal()
+                w_norms = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS)
+                inv_norm[cols] = w_norms.reciprocal()
         del xg
         # Each column's factor: s / |w_j| (normalised centres) or s; one pass applies it.
         col_scale = inv_norm * margin.scale if inv_norm is not None else None
-        filtered = None
+        frozen = None  # (B, N) bool: entries whose logit does not depend on the GEMM (no gradient)
         if opts.filter_threshold is not None:  # cos > t  <=>  raw > t * |w_j|
             assert inv_norm is not None, "the filter needs normalised centres"
-            filtered = logits > (opts.filter_threshold / inv_norm)
-            logits.masked_fill_(filtered, 0.0)
-        if col_scale is not None:
+            frozen = logits > (opts.filter_threshold / inv_norm)
+            logits.masked_fill_(frozen, 0.0)
+        slope = None  # (B, N): d logit / d (s*cos) of reshaped non-target cosines
+        if margin.cos_limit is not None or not margin.target_only:
+            frozen, slope = _reshape_cosines(logits, inv_norm, frozen, margin, batch)
+        elif col_scale is not None:
             logits.mul_(col_scale)
         elif margin.scale != 1.0:
             logits.mul_(margin.scale)
@@ -147,16 +152,20 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
             logits.add_(_rows(bias, index).to(acc), alpha=margin.scale)
 
         col2 = col.unsqueeze(1)  # (B, 1)
-        x_leaf = w_leaf = target = None
+        x_leaf = w_leaf = n_leaf = target = None
         with torch.enable_grad():
             x_leaf = x.detach().requires_grad_(ctx.needs_input_grad[0])
             # Rows not owned here (~has) read some row of the shard; they are masked out below.
             # Even an empty sample runs the margin: its annealing counter advances on every rank.
             w_leaf = weight.index_select(0, target_row).detach()
             w_leaf.requires_grad_(ctx.needs_input_grad[1])
-            target = margin(x_leaf, w_leaf)  # (B,) or None for a margin-free target
+            if norms is not None:
+                n_leaf = norms.detach().requires_grad_(ctx.needs_input_grad[3])
+            target = margin(x_leaf, w_leaf, replace(batch, norms=n_leaf))  # (B,) or None
         if target is None:  # plain softmax: the GEMM's logit is the target logit
-            target_local = logits.gather(1, col2).squeeze(1) if num_rows else x.new_zeros(batch)
+            target_local = (
+                logits.gather(1, col2).squeeze(1) if num_rows else x.new_zeros(batch_size)
+            )
         else:
             target_local = target.detach().to(acc)
             if num_rows:
@@ -169,17 +178,17 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
             logits.sub_(row_max.unsqueeze(1)).exp_()
             row_sumexp = logits.sum(1)
         else:  # an empty shard contributes exp(-inf) = 0 to every row
-            row_max = torch.full((batch,), float("-inf"), dtype=acc, device=x.device)
-            row_sumexp = torch.zeros(batch, dtype=acc, device=x.device)
+            row_max = torch.full((batch_size,), float("-inf"), dtype=acc, device=x.device)
+            row_sumexp = torch.zeros(batch_size, dtype=acc, device=x.device)
         # One collective merges (max, sum-exp, target logit) of all shards.
         gmax, gsum, gtarget = combine_softmax_stats(row_max, row_sumexp, target_local, opts.group)
         loss = (gmax + gsum.log() - gtarget).mean()
         probs = logits.mul_((torch.exp(row_max - gmax) / gsum).unsqueeze(1))  # softmax, in place
 
         ctx.opts = opts
-        ctx.graph = (x_leaf, w_leaf, target)
-        ctx.gemm_shape = (batch, num_rows)
-        ctx.save_for_backward(x, weight, index, inv_norm, probs, col, has, filtered)
+        ctx.graph = (x_leaf, w_leaf, n_leaf, target)
+        ctx.gemm_shape = (batch_size, num_rows)
+        ctx.save_for_backward(x, weight, index, inv_norm, probs, col, has, frozen, slope)
         ctx.has_bias = bias is not None
         ctx.consumed = False
         return loss.to(x.dtype)
@@ -198,10 +207,10 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
                 "(retain_graph=True is not supported)"
             )
         ctx.consumed = True
-        x, weight, index, inv_norm, probs, col, has, filtered = ctx.saved_tensors
+        x, weight, index, inv_norm, probs, col, has, frozen, slope = ctx.saved_tensors
         opts = ctx.opts
         margin = opts.margin
-        x_leaf, w_leaf, target = ctx.graph
+        x_leaf, w_leaf, n_leaf, target = ctx.graph
         batch, num_rows = ctx.gemm_shape
         col2 = col.unsqueeze(1)
 
@@ -215,8 +224,10 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
             else:  # the target logit comes from the margin: its column carries no GEMM gradient
                 grad_target = torch.where(has, p_target - g, torch.zeros_like(p_target))
                 grad.scatter_(1, col2, torch.where(has, 0.0, p_target).unsqueeze(1))
-        if filtered is not None:
-            grad.masked_fill_(filtered, 0.0)
+        if frozen is not None:
+            grad.masked_fill_(frozen, 0.0)
+        if slope is not None:
+            grad.mul_(slope)
 
         grad_b = None
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -248,26 +259,27 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         del xg
         del grad, probs
 
-        parts = target_grads((x_leaf, w_leaf, None), target, grad_target)
+        *parts, grad_norms = target_grads((x_leaf, w_leaf, None, n_leaf), target, grad_target)
         grad_x, grad_weight, grad_bias = finish_backward(
-            parts, (grad_x, grad_w, grad_b), col, index, tuple(weight.shape), opts.marks
+            tuple(parts), (grad_x, grad_w, grad_b), col, index, tuple(weight.shape), opts.marks
         )
         ctx.graph = None
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+        return grad_x, grad_weight, grad_bias, grad_norms, None, None, None, None, None, None
 
 
 def target_grads(
-    leaves: tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None],
+    leaves: tuple[torch.Tensor | None, ...],
     target: torch.Tensor | None,
     grad_target: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor | None, ...]:
     """``grad_target`` back-propagated through the small graph that made the target logits
-    ``target`` from the ``leaves`` (x, the target rows of W, those of the bias). Returns the
-    three gradients, None for a leaf that is None or does not require grad."""
+    ``target`` from the ``leaves`` (x, the target rows of W, those of the bias, the norms).
+    Returns one gradient per leaf, None for a leaf that is None or does not require grad."""
     wanted = [t for t in leaves if t is not None and t.requires_grad]
     if target is None or grad_target is None or not wanted:
-        return None, None, None
-    parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype))
+        return (None,) * len(leaves)
+    # allow_unused: a margin may read a leaf without differentiating it (AdaFace's norms)
+    parts = torch.autograd.grad(target, wanted, grad_target.to(target.dtype), allow_unused=True)
     by_id = dict(zip([id(t) for t in wanted], parts, strict=True))
     return tuple(by_id.get(id(t)) if t is not None else None for t in leaves)
 
@@ -329,6 +341,28 @@ def _sparse_rows_grad(
     )
 
 
+def _reshape_cosines(
+    logits: torch.Tensor,
+    inv_norm: torch.Tensor | None,
+    frozen: torch.Tensor | None,
+    margin: Margin,
+    batch: MarginBatch,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Raw logits (B, N) -> ``s * h(cos)`` in place, for margins that clamp (AdaFace) or reshape
+    (CurricularFace) the non-target cosines. Returns the frozen mask (filtered or clamped:
+    no gradient) and the slope ``h'(cos)`` (None where it is 1 everywhere)."""
+    assert inv_norm is not None, "cosine reshaping needs normalised centres"
+    logits.mul_(inv_norm)  # now cosines
+    if margin.cos_limit is not None:
+        limit = margin.cos_limit
+        clamped = logits.abs() > limit
+        logits.clamp_(-limit, limit)
+        frozen = clamped if frozen is None else frozen | clamped
+    slope = None if margin.target_only else margin.other_logits(logits, batch)
+    logits.mul_(margin.scale)
+    return frozen, slope
+
+
 def margin_softmax_loss(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -338,6 +372,7 @@ def margin_softmax_loss(
     target_row: torch.Tensor,
     has: torch.Tensor,
     opts: CoreOptions,
+    batch: MarginBatch | None = None,
 ) -> torch.Tensor:
     """Mean over the global batch of ``-log softmax(target)`` across all shards of ``opts.group``.
 
@@ -352,5 +387,10 @@ def margin_softmax_loss(
             ``has`` is False.
         has: (B,) bool, whether this shard owns the row's class.
         opts: the margin, the filter, the GEMM dtype and the process group.
+        batch: what the margin knows of the global batch; its ``norms`` (B,), differentiable,
+            receive the target logits' gradient.
     """
-    return _MarginSoftmaxLoss.apply(x, weight, bias, index, col, target_row, has, opts)
+    batch = batch or MarginBatch()
+    return _MarginSoftmaxLoss.apply(
+        x, weight, bias, batch.norms, index, col, target_row, has, opts, replace(batch, norms=None)
+    )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -44,6 +45,7 @@ from partialfc.heads._core import (
     finish_backward,
     target_grads,
 )
+from partialfc.margins import MarginBatch
 
 try:
     import triton
@@ -217,10 +219,11 @@ if triton is not None:
 
     @triton.jit
     def _scaled_logits(
-        raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W: tl.constexpr,
-        HAS_BIAS: tl.constexpr, FILTER: tl.constexpr,
+        raw, inv, bias_ptr, wrow, col_ok, scale, threshold, limit, NORMALIZE_W: tl.constexpr,
+        HAS_BIAS: tl.constexpr, FILTER: tl.constexpr, CLAMP: tl.constexpr,
     ):  # fmt: skip
-        """Non-target logits of a raw tile, each column's d logit / d raw, and the filter mask."""
+        """Non-target logits of a raw tile, each column's d logit / d raw, and the mask of entries
+        without gradient (filtered, or clamped to ``±limit`` as AdaFace clamps cosines)."""
         if NORMALIZE_W:  # noqa: SIM108 - Triton code: a constexpr branch
             col_scale = inv * scale
         else:
@@ -231,6 +234,11 @@ if triton is not None:
             z = tl.where(filtered, 0.0, z)
         else:
             filtered = raw != raw  # all False (raw is finite)
+        if CLAMP:
+            cos = raw * inv[None, :]
+            clamped = ((cos > limit) | (cos < -limit)) & (~filtered)
+            z = tl.where(clamped, tl.where(cos > 0, limit, -limit) * scale, z)
+            filtered = filtered | clamped
         if HAS_BIAS:
             b = tl.load(bias_ptr + wrow, mask=col_ok, other=0.0).to(tl.float32)
             z = z + b[None, :] * scale
@@ -243,9 +251,9 @@ if triton is not None:
     @triton.jit
     def _stats_kernel(
         x_ptr, w_ptr, idx_ptr, bias_ptr, tcol_ptr, inv_ptr, max_ptr, sum_ptr,
-        B, N, D, stride_x, stride_w, SPLITS, scale, threshold,
+        B, N, D, stride_x, stride_w, SPLITS, scale, threshold, limit,
         USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        FILTER: tl.constexpr, CLAMP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
         pid_m = tl.program_id(0)
@@ -265,8 +273,9 @@ if triton is not None:
             )  # fmt: skip
             inv = _inv_norms(inv_ptr, cols, col_ok, NORMALIZE_W, BLOCK_N)
             z, _, _ = _scaled_logits(
-                raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W, HAS_BIAS, FILTER
-            )
+                raw, inv, bias_ptr, wrow, col_ok, scale, threshold, limit, NORMALIZE_W, HAS_BIAS,
+                FILTER, CLAMP,
+            )  # fmt: skip
             skip = (cols[None, :] == tcol[:, None]) | (~col_ok[None, :])
             z = tl.where(skip, float("-inf"), z)
             m_new = tl.maximum(m_i, tl.max(z, axis=1))
@@ -279,9 +288,9 @@ if triton is not None:
     @triton.jit
     def _grad_tile(
         x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols, col_ok,
-        D, stride_x, stride_w, scale, threshold, g_ptr,
+        D, stride_x, stride_w, scale, threshold, limit, g_ptr,
         USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        FILTER: tl.constexpr, CLAMP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
         """Recompute a tile; return d loss / d logit (G), d loss / d raw (G * col_scale), the raw
@@ -292,8 +301,9 @@ if triton is not None:
         )  # fmt: skip
         inv = _inv_norms(inv_ptr, cols, col_ok, NORMALIZE_W, BLOCK_N)
         z, col_scale, filtered = _scaled_logits(
-            raw, inv, bias_ptr, wrow, col_ok, scale, threshold, NORMALIZE_W, HAS_BIAS, FILTER
-        )
+            raw, inv, bias_ptr, wrow, col_ok, scale, threshold, limit, NORMALIZE_W, HAS_BIAS,
+            FILTER, CLAMP,
+        )  # fmt: skip
         tcol = tl.load(tcol_ptr + rows, mask=row_ok, other=-1)
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=float("inf"))
         g = tl.load(g_ptr)  # d loss / d (per-row loss): grad_loss / B, kept on the device
@@ -310,9 +320,9 @@ if triton is not None:
     @triton.jit
     def _grad_chunk_kernel(
         x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, out_ptr, dots_ptr, dbias_ptr,
-        B, N, D, stride_x, stride_w, first, width, stride_out, scale, threshold, g_ptr,
+        B, N, D, stride_x, stride_w, first, width, stride_out, scale, threshold, limit, g_ptr,
         USE_INDEX: tl.constexpr, NORMALIZE_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-        FILTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        FILTER: tl.constexpr, CLAMP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
         """One tile of a chunk of ``width`` classes from column ``first``: d loss / d raw logit
@@ -326,8 +336,8 @@ if triton is not None:
         cols = first + local
         grad, graw, raw, _ = _grad_tile(
             x_ptr, w_ptr, idx_ptr, bias_ptr, inv_ptr, tcol_ptr, lse_ptr, rows, row_ok, cols,
-            col_ok, D, stride_x, stride_w, scale, threshold, g_ptr, USE_INDEX, NORMALIZE_W,
-            HAS_BIAS, FILTER, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
+            col_ok, D, stride_x, stride_w, scale, threshold, limit, g_ptr, USE_INDEX, NORMALIZE_W,
+            HAS_BIAS, FILTER, CLAMP, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST,
         )  # fmt: skip
         stored = graw
         if UPCAST:  # the interpreter's own float32 -> bf16 cast truncates
@@ -360,11 +370,13 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         x: torch.Tensor,  # (B, D) as the GEMM sees it
         weight: torch.Tensor,  # (C_r, D)
         bias: torch.Tensor | None,
+        norms: torch.Tensor | None,  # (B,) |x| of the raw embeddings, for margins that use it
         index: torch.Tensor | None,
         col: torch.Tensor,
         target_row: torch.Tensor,
         has: torch.Tensor,
         opts: CoreOptions,
+        margin_batch: MarginBatch,
     ) -> torch.Tensor:
         margin = opts.margin
         device = x.device
@@ -389,11 +401,14 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         _stats_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_M"]), splits)](
             xg, weight_c, index_c, bias_c, tcol, inv_norm, part_max, part_sum,
             batch, num_rows, dim, xg.stride(0), weight_c.stride(0), splits,
-            float(margin.scale), float(opts.filter_threshold or 0.0), **flags,
+            float(margin.scale), float(opts.filter_threshold or 0.0), float(margin.cos_limit or 0.0),
+            **flags,
             PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype),
         )  # fmt: skip
 
-        x_leaf, w_leaf, b_leaf, target = _target_graph(ctx, x, weight, bias, target_row, margin)
+        leaves, target = _target_graph(
+            ctx, (x, weight, bias, norms), target_row, margin, margin_batch
+        )
         t_local = torch.where(has, target.detach().to(f32), 0.0)
         # Fold the splits, then this shard's target logit, into one (max, sum-exp) per row.
         row_max = part_max.amax(0)
@@ -408,7 +423,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         loss = (lse - gtarget).mean()
 
         ctx.opts, ctx.splits = opts, splits
-        ctx.graph = (x_leaf, w_leaf, b_leaf, target)
+        ctx.graph = (leaves, target)
         ctx.save_for_backward(xg, weight_c, bias, index, inv_norm, lse, tcol, col, has, t_local)
         ctx.x_dtype = x.dtype
         ctx.loss = loss.detach()  # a fused optimizer update is skipped when it is not finite
@@ -428,7 +443,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         ctx.consumed = True
         xg, weight, bias, index, inv_norm, lse, tcol, col, has, t_local = ctx.saved_tensors
         opts = ctx.opts
-        x_leaf, w_leaf, b_leaf, target = ctx.graph
+        leaves, target = ctx.graph
         batch, dim = xg.shape
         num_rows = weight.shape[0] if index is None else index.numel()
         device = xg.device
@@ -449,7 +464,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         # The target logits: d loss / d target = g * (p_target - 1) where this shard owns it.
         p_target = torch.exp(t_local - lse)
         grad_target = torch.where(has, g * (p_target - 1.0), torch.zeros_like(p_target))
-        part_x, part_w, part_b = target_grads((x_leaf, w_leaf, b_leaf), target, grad_target)
+        part_x, part_w, part_b, grad_norms = target_grads(leaves, target, grad_target)
         if num_rows and (want_x or want_w or want_b or update is not None):
             grads = (grad_x, grad_w, grad_b)
             _chunked_grads(
@@ -464,7 +479,7 @@ class _FusedMarginSoftmaxLoss(torch.autograd.Function):
         if grad_x is not None:
             grad_x = grad_x.to(ctx.x_dtype)
         ctx.graph = None
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+        return grad_x, grad_weight, grad_bias, grad_norms, None, None, None, None, None, None
 
 
 def _chunked_grads(
@@ -515,7 +530,8 @@ def _chunked_grads(
         _grad_chunk_kernel[grid](
             xg, weight, index_c, bias_c, inv_norm, tcol, lse, g_raw, dots, dbias,
             batch, num_rows, dim, xg.stride(0), weight.stride(0), cols.start, width, chunk,
-            scale, float(opts.filter_threshold or 0.0), g, **flags,
+            scale, float(opts.filter_threshold or 0.0), float(opts.margin.cos_limit or 0.0), g,
+            **flags,
             PRECISION=_precision(xg.dtype), UPCAST=_upcast(xg.dtype),
         )  # fmt: skip
         if grad_x is not None:
@@ -557,23 +573,27 @@ def _flags(
         NORMALIZE_W=bool(opts.margin.normalize_weight),
         HAS_BIAS=bias is not None,
         FILTER=opts.filter_threshold is not None,
+        CLAMP=opts.margin.cos_limit is not None,
     )
 
 
-def _target_graph(ctx, x, weight, bias, target_row, margin):
-    """Each row's target logit under a small autograd graph (the margin's, or the plain logit)."""
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+def _target_graph(ctx, inputs, target_row, margin, batch):
+    """Each row's target logit under a small autograd graph (the margin's, or the plain logit),
+    and its leaves (x, the target rows of W and of the bias, the norms)."""
+    x, weight, bias, norms = inputs
+    need_x, need_w, need_b, need_n = ctx.needs_input_grad[:4]
     with torch.enable_grad():
         x_leaf = x.detach().requires_grad_(need_x)
         w_leaf = weight.index_select(0, target_row).detach().requires_grad_(need_w)
+        n_leaf = norms.detach().requires_grad_(need_n) if norms is not None else None
         b_leaf = None
-        target = margin(x_leaf, w_leaf)
+        target = margin(x_leaf, w_leaf, replace(batch, norms=n_leaf))
         if target is None:  # plain softmax: the target logit is the row's ordinary logit
             target = (x_leaf * w_leaf).sum(1) * margin.scale
             if bias is not None:
                 b_leaf = bias.index_select(0, target_row).detach().requires_grad_(need_b)
                 target = target + b_leaf * margin.scale
-    return x_leaf, w_leaf, b_leaf, target
+    return (x_leaf, w_leaf, b_leaf, n_leaf), target
 
 
 def fused_margin_softmax_loss(
@@ -585,7 +605,27 @@ def fused_margin_softmax_loss(
     target_row: torch.Tensor,
     has: torch.Tensor,
     opts: CoreOptions,
+    batch: MarginBatch | None = None,
 ) -> torch.Tensor:
-    """:func:`partialfc.heads._core.margin_softmax_loss` without storing the logits."""
+    """:func:`partialfc.heads._core.margin_softmax_loss` without storing the logits.
+
+    Raises:
+        ValueError: the margin reshapes its non-target logits (``target_only`` False), which no
+            kernel here does.
+    """
     check_fused_device(x.device)
-    return _FusedMarginSoftmaxLoss.apply(x, weight, bias, index, col, target_row, has, opts)
+    if not opts.margin.target_only:
+        raise ValueError(fused_refusal(opts.margin))
+    batch = batch or MarginBatch()
+    return _FusedMarginSoftmaxLoss.apply(
+        x, weight, bias, batch.norms, index, col, target_row, has, opts, replace(batch, norms=None)
+    )
+
+
+def fused_refusal(margin) -> str:
+    """Why the fused kernels cannot run ``margin`` (one that reshapes its non-target logits)."""
+    return (
+        f"fused=True cannot run {type(margin).__name__}: it reshapes the non-target logits, "
+        "which the fused kernels leave as s*cos; use fused='auto' (falls back to the reference "
+        "path for it) or fused=False"
+    )

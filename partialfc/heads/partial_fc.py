@@ -14,6 +14,7 @@ from partialfc.distributed import (
     all_gather_no_grad,
     all_gather_with_grad,
     all_reduce_max,
+    all_reduce_sum_identity_grad,
     rank,
     shard_range,
     world_size,
@@ -23,9 +24,10 @@ from partialfc.heads._fused import (
     FUSED_DTYPES,
     check_fused_device,
     fused_margin_softmax_loss,
+    fused_refusal,
     triton_available,
 )
-from partialfc.margins import Margin
+from partialfc.margins import Margin, MarginBatch
 from partialfc.optim import SparseSGD
 from partialfc.seeding import mix_seed
 
@@ -62,7 +64,12 @@ class PartialFC(nn.Module):
         fused: compute the loss with the Triton kernels of :mod:`partialfc.heads._fused`, which
             never store the (B, N) logits: ``True`` (CUDA, or CPU under ``TRITON_INTERPRET=1``),
             ``False`` (the reference path), or ``"auto"``: fused for a float32 shard on CUDA
-            when Triton is installed. The semantics are the same either way.
+            when Triton is installed. The semantics are the same either way. A margin that
+            reshapes its non-target logits (CurricularFace) has no kernel: ``True`` refuses it,
+            ``"auto"`` takes the reference path.
+
+    After a forward, ``last_index`` holds the local rows used and, for margins that read the
+    embeddings' norms (MagFace, AdaFace), ``last_norms`` the ``|x|`` (b,) of this rank's rows.
     """
 
     def __init__(
@@ -103,7 +110,11 @@ class PartialFC(nn.Module):
                 "interclass_filtering_threshold compares cosines and needs a normalised margin "
                 f"(ArcFace, CosFace, NormFace, CombinedMargin), not {type(margin).__name__}"
             )
-        self.margin = margin
+        if margin.needs_target_cos and not margin.normalize_embeddings:
+            raise ValueError(f"{type(margin).__name__}: target cosines need normalised embeddings")
+        if fused is True and not margin.target_only:
+            raise ValueError(fused_refusal(margin))
+        self.margin = margin.to(device) if device is not None else margin
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
         self.sample_rate = float(sample_rate)
@@ -124,6 +135,7 @@ class PartialFC(nn.Module):
         )
         self.step = 0  # forward calls so far; with (seed, rank) it seeds the sampling
         self.last_index: torch.Tensor | None = None
+        self.last_norms: torch.Tensor | None = None
         self._row_update = None  # set by fuse_update
         self._marks = SparseGradMarks()
         for param in (self.weight, self.bias):
@@ -184,6 +196,7 @@ class PartialFC(nn.Module):
         if self.validate:
             self._check_inputs(embeddings, labels)
         group = self.process_group
+        margin = self.margin
         x = all_gather_with_grad(embeddings.to(self.weight.dtype), group)  # (B, D)
         y = all_gather_no_grad(labels, group)  # (B,)
         local = y - self.class_start
@@ -194,8 +207,17 @@ class PartialFC(nn.Module):
             col = torch.searchsorted(index, local).clamp_(max=max(index.numel() - 1, 0))
         else:
             index, col = None, local
-        if self.margin.normalize_embeddings:
+        # The norms of the whole global batch come with the all-gather of x: no collective.
+        norms = torch.linalg.vector_norm(x, dim=1) if margin.needs_norms else None  # (B,)
+        if margin.normalize_embeddings:
             x = F.normalize(x, dim=1)
+        batch = MarginBatch(
+            norms=norms,
+            target_cos=self._target_cos(x, local, has) if margin.needs_target_cos else None,
+            seed=self.seed,
+            step=self.step,
+        )
+        margin.begin_step(batch)  # buffers move once per step, identically on every rank
         device_type = x.device.type
         gemm_dtype = (
             torch.get_autocast_dtype(device_type)
@@ -213,12 +235,36 @@ class PartialFC(nn.Module):
         num_rows = self.num_local if index is None else index.numel()
         core = fused_margin_softmax_loss if self._use_fused(x) and num_rows else margin_softmax_loss
         with torch.autocast(device_type, enabled=False):
-            loss = core(x, self.weight, self.bias, index, col, local, has, opts)
+            loss = core(x, self.weight, self.bias, index, col, local, has, opts, batch)
+            if norms is not None:
+                loss = self._add_regularizer(loss, norms, embeddings.shape[0])
+                start = self.rank * embeddings.shape[0]  # this rank's rows of the global batch
+                self.last_norms = norms[start : start + embeddings.shape[0]].detach()
         self.last_index = (
             index if index is not None else torch.arange(self.num_local, device=x.device)
         )
         self.step += 1
         return loss
+
+    def _add_regularizer(self, loss: torch.Tensor, norms: torch.Tensor, b: int) -> torch.Tensor:
+        """``loss`` plus the margin's norm regulariser (MagFace's g) of the global batch, counted
+        once: its value is the global mean on every rank, but each rank differentiates only its
+        own b rows of the gathered norms, so the all-gather's reduce-scatter sums one
+        gradient per row, not one per rank."""
+        start = self.rank * b
+        own = torch.zeros_like(norms, dtype=torch.bool)
+        own[start : start + b] = True
+        reg = self.margin.regularizer(torch.where(own, norms, norms.detach()))
+        return loss if reg is None else loss + reg.to(loss.dtype)
+
+    @torch.no_grad()
+    def _target_cos(self, x: torch.Tensor, local: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+        """(B,) each row's cosine with its class centre, on every rank (x normalised)."""
+        w = F.normalize(self.weight.index_select(0, local), dim=1)
+        cos = torch.where(has, (x * w).sum(1), 0.0)
+        # One all-reduce (SUM) of B numbers: each row's target lives on exactly one rank, before
+        # any logit is formed (CurricularFace's t and thresholds, ElasticFace+'s pairing need it).
+        return all_reduce_sum_identity_grad(cos, self.process_group)
 
     def fuse_update(self, optimizer: SparseSGD | None) -> None:
         """Let the fused backward apply ``optimizer``'s update to the class centres itself.
@@ -254,7 +300,12 @@ class PartialFC(nn.Module):
 
     def _use_fused(self, x: torch.Tensor) -> bool:
         if self.fused == "auto":
-            return x.is_cuda and triton_available() and self.weight.dtype == torch.float32
+            return (
+                x.is_cuda
+                and triton_available()
+                and self.weight.dtype == torch.float32
+                and self.margin.target_only
+            )
         if self.fused:
             check_fused_device(x.device)
             if self.weight.dtype not in FUSED_DTYPES:

@@ -287,7 +287,7 @@ def _read_config(path: Path) -> Any:
     config_file = path / "config.json"
     if not config_file.exists():
         return None
-    return Config.from_dict(json.loads(config_file.read_text()))
+    return Config.from_saved(json.loads(config_file.read_text()))
 
 
 def _training_symbol(
@@ -315,7 +315,7 @@ def _training_symbol(
     if has_bias:
         sym_cfg["loss_name"] = "softmax"
     else:
-        s, m = (head.s, _margins(head)) if head is not None else (64.0, (1.0, 0.5, 0.0))
+        s, m = _margins(head) if head is not None else (64.0, (1.0, 0.5, 0.0))
         if m is None:
             log.warning("margin %s has no insightface symbol; writing NormFace", head.margin)
             m = (1.0, 0.0, 0.0)
@@ -325,14 +325,15 @@ def _training_symbol(
     return get_symbol(sym_cfg, embedding)
 
 
-def _margins(head: Any) -> tuple[float, float, float] | None:
-    return {
-        "arcface": (1.0, head.m2, 0.0),
-        "cosface": (1.0, 0.0, head.m3),
-        "normface": (1.0, 0.0, 0.0),
-        "combined": (head.m1, head.m2, head.m3),
-        "softmax": (1.0, 0.0, 0.0),
-    }.get(head.margin)
+def _margins(head: Any) -> tuple[float, tuple[float, float, float] | None]:
+    """The scale and insightface's (m1, m2, m3) of the config's margin; None: it has none (a
+    margin that is not a CombinedMargin: NormFace is written instead)."""
+    from partialfc.margins import CombinedMargin
+
+    margin = head.build_margin()
+    if isinstance(margin, CombinedMargin):
+        return margin.scale, (margin.m1, margin.m2, margin.m3)
+    return 64.0, None
 
 
 # --------------------------------------------------------------------------- command line

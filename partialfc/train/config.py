@@ -27,7 +27,6 @@ else:  # pragma: no cover - Python 3.10
 from partialfc import backbones, margins
 from partialfc.errors import ConfigError, UserFileError
 
-MARGINS = ("arcface", "cosface", "normface", "combined", "sphereface", "lsoftmax", "softmax")
 FUSED: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
 LOADERS = ("torch", "dali", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
@@ -148,17 +147,11 @@ class HeadConfig:
     """The sharded margin-softmax head."""
 
     margin: str = "arcface"
-    """arcface, cosface, normface, combined (uses m1, m2, m3), sphereface, lsoftmax or softmax."""
-    s: float = 64.0
-    """Logit scale of the normalised margins."""
-    m1: float = 1.0
-    """Multiplicative angular margin (combined; the integer m of sphereface / lsoftmax)."""
-    m2: float = 0.5
-    """Additive angular margin (arcface, combined)."""
-    m3: float = 0.0
-    """Additive cosine margin (cosface, combined)."""
-    straight_through: bool = False
-    """insightface's gradient: the target back-propagates as if it were s*cos."""
+    """A name from partialfc.MARGINS: arcface, cosface, normface, combined, sphereface, lsoftmax,
+    softmax, ... (docs/margins.md)."""
+    margin_args: dict[str, Any] = field(default_factory=dict)
+    """That margin's constructor arguments (``[head.margin_args]``, ``--head.margin_args.m 0.35``);
+    absent ones keep the class's defaults (cosface: s = 64, m = 0.4)."""
     sample_rate: float = 1.0
     """Fraction of each rank's classes scored per step (Partial FC)."""
     interclass_filtering_threshold: float = 0.0
@@ -170,7 +163,9 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         _check(
-            self.margin in MARGINS, "head.margin", f"must be one of {MARGINS}, got {self.margin!r}"
+            self.margin in margins.MARGINS,
+            "head.margin",
+            f"must be one of {tuple(margins.MARGINS)}, got {self.margin!r}",
         )
         _check(
             0.0 < self.sample_rate <= 1.0,
@@ -192,33 +187,19 @@ class HeadConfig:
             "head.fused_update",
             "needs head.fused = 'on' or 'auto' (the reference path stores dW)",
         )
-        try:
-            self.build_margin()
-        except ValueError as err:
-            _check(False, "head", str(err))
+        if self.margin in margins.MARGINS:
+            try:
+                self.build_margin()
+            except ValueError as err:
+                _check(False, "head.margin_args", str(err))
 
     def fused_option(self) -> bool | str:
         """``PartialFC(fused=...)`` for this section."""
         return FUSED[self.fused]
 
     def build_margin(self) -> margins.Margin:
-        """The margin object this section describes."""
-        st = self.straight_through
-        if self.margin == "arcface":
-            return margins.ArcFace(s=self.s, m=self.m2, straight_through=st)
-        if self.margin == "cosface":
-            return margins.CosFace(s=self.s, m=self.m3, straight_through=st)
-        if self.margin == "normface":
-            return margins.NormFace(s=self.s)
-        if self.margin == "combined":
-            return margins.CombinedMargin(
-                s=self.s, m1=self.m1, m2=self.m2, m3=self.m3, straight_through=st
-            )
-        if self.margin == "sphereface":
-            return margins.SphereFace(m=int(self.m1))
-        if self.margin == "lsoftmax":
-            return margins.LSoftmax(m=int(self.m1))
-        return margins.Softmax(bias=True)
+        """The margin object this section describes: ``MARGINS[margin](**margin_args)``."""
+        return margins.build_margin(self.margin, self.margin_args)
 
 
 @dataclass(frozen=True)
@@ -423,11 +404,20 @@ class Config:
                     _check(False, f"--{dotted}", f"unknown section {section!r}; known: {_SECTIONS}")
                     continue
                 hints = _field_types(_section_type(section))
+                key, _, entry = key.partition(".")
                 if key not in hints:
-                    _check(False, f"--{dotted}", f"unknown option; {section} has {sorted(hints)}")
+                    _check(False, f"--{dotted}", _unknown_key(section, key, hints))
+                    continue
+                if _is_table(hints[key]) != bool(entry):
+                    table = f"give one entry at a time: --{section}.{key}.NAME VALUE"
+                    _check(False, f"--{dotted}", table if not entry else "is not a table")
+                    continue
+                values = raw.setdefault(section, {})
+                if entry:  # --head.margin_args.m 0.35: one entry of a table, typed as TOML types it
+                    values.setdefault(key, {})[entry] = _parse_literal(text)
                     continue
                 try:
-                    raw.setdefault(section, {})[key] = _parse(text, hints[key], dotted)
+                    values[key] = _parse(text, hints[key], dotted)
                 except ConfigError as err:
                     _check(False, f"--{dotted}", str(err).partition(": ")[2])
             return cls.from_dict(raw)
@@ -450,6 +440,12 @@ class Config:
                     _check(False, f"[{name}]", f"must be a table, got {values!r}")
             cfg = cls(**sections) if len(sections) == len(_SECTIONS) else None
         return cfg
+
+    @classmethod
+    def from_saved(cls, raw: dict[str, Any]) -> Config:
+        """Build from a run's ``config.json``. One written before ``[head.margin_args]`` (flat
+        ``s, m1, m2, m3`` keys) is read as the margin that run trained, traps included."""
+        return cls.from_dict(_upgrade_flat_margin(raw))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -475,12 +471,60 @@ def _build(section_type: type, values: dict[str, Any], section: str) -> Any:
     good = {}
     for key, value in values.items():
         if key not in hints:
-            _check(False, f"{section}.{key}", f"unknown option; {section} has {sorted(hints)}")
+            _check(False, f"{section}.{key}", _unknown_key(section, key, hints))
         elif not _matches(value, hints[key]):
             _check(False, f"{section}.{key}", f"expected {_describe(hints[key])}, got {value!r}")
         else:
             good[key] = value
     return section_type(**good)
+
+
+# The head's flat margin keys before [head.margin_args]: each meant something else per margin.
+_FLAT_MARGIN_KEYS = ("s", "m1", "m2", "m3", "straight_through")
+
+
+def _upgrade_flat_margin(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with a saved head's flat margin keys turned into the ``margin_args`` they meant."""
+    head = raw.get("head")
+    if not isinstance(head, dict) or not set(head) & set(_FLAT_MARGIN_KEYS):
+        return raw
+    head = dict(head)
+    flat = {key: head.pop(key) for key in _FLAT_MARGIN_KEYS if key in head}
+    s, m1, m2, m3 = (
+        flat.get(k, d) for k, d in (("s", 64.0), ("m1", 1.0), ("m2", 0.5), ("m3", 0.0))
+    )
+    st = flat.get("straight_through", False)
+    head["margin_args"] = {
+        "arcface": {"s": s, "m": m2, "straight_through": st},
+        "cosface": {"s": s, "m": m3, "straight_through": st},
+        "normface": {"s": s},
+        "combined": {"s": s, "m1": m1, "m2": m2, "m3": m3, "straight_through": st},
+        "sphereface": {"m": int(m1)},  # what build_margin made of m1 then
+        "lsoftmax": {"m": int(m1)},
+    }.get(head.get("margin", "arcface"), {})
+    return {**raw, "head": head}
+
+
+def _unknown_key(section: str, key: str, hints: dict[str, Any]) -> str:
+    if section == "head" and key in _FLAT_MARGIN_KEYS:
+        return (
+            "unknown option: the margin's arguments go in [head.margin_args] by the margin's own "
+            "names (arcface: s, m; cosface: s, m; combined: s, m1, m2, m3; docs/margins.md)"
+        )
+    return f"unknown option; {section} has {sorted(hints)}"
+
+
+def _is_table(hint: Any) -> bool:
+    return typing.get_origin(hint) is dict
+
+
+def _parse_literal(text: str) -> Any:
+    """A command-line value as TOML would type it (4 -> int, 0.35 -> float, true -> bool); any
+    other text is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -493,6 +537,8 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is str:
         return isinstance(value, str)
     origin = typing.get_origin(hint)
+    if origin is dict:
+        return isinstance(value, dict)
     if origin is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_matches(v, item) for v in value)
@@ -502,6 +548,8 @@ def _matches(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
+    if _is_table(hint):
+        return "a table"
     return getattr(hint, "__name__", str(hint))
 
 

@@ -155,3 +155,51 @@ def test_single_process_checkpoint_and_atomicity(tmp_path: Path) -> None:
     checkpoint.save(head_state(head, opt), tmp_path, step=3)
     assert not (tmp_path / ".step-00000003.tmp").exists()
     assert checkpoint.latest_checkpoint(tmp_path).name == "step-00000003"
+
+
+# Margins with buffers: CurricularFace's t and AdaFace's averages are replicated state, the same
+# on every rank; a resume on another world size must restore them, not restart them.
+STATEFUL = {
+    "curricularface": lambda: pfc.CurricularFace(s=8.0, alpha=0.3),
+    "adaface": lambda: pfc.AdaFace(s=8.0, t_alpha=0.5),
+}
+
+
+def _stateful(rank: int, world: int, out: str, name: str, part: str) -> None:
+    head = pfc.PartialFC(STATEFUL[name](), D, C, dtype=torch.float64, seed=3)
+    opt = pfc.SparseSGD([head.weight], lr=0.3, momentum=0.9, weight_decay=1e-3)
+    steps = {"all": range(STEPS), "first": range(SPLIT), "second": range(SPLIT, STEPS)}[part]
+    restored = None
+    if part == "second":
+        state = head_state(head, opt)
+        checkpoint.load(state, checkpoint.latest_checkpoint(out))
+        restore_head_state(head, state)
+        restored = [float(b) for b in head.margin.buffers()]
+    losses = _train(head, opt, steps, rank, world)
+    buffers = [float(b) for b in head.margin.buffers()]
+    every: list = [None] * world
+    torch.distributed.all_gather_object(every, buffers)
+    assert all(b == buffers for b in every), f"buffers differ across ranks: {every}"
+    checkpoint.save(head_state(head, opt), out, step=steps[-1] + 1)
+    if rank == 0:
+        result = {"losses": losses, "buffers": buffers, "restored": restored}
+        Path(out, f"{part}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_margin_buffers_resume_on_another_world_size(tmp_path: Path, name: str) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    run_ranks(_stateful, 2, str(straight), name, "all")
+    run_ranks(_stateful, 2, str(split), name, "first")
+    run_ranks(_stateful, 3, str(split), name, "second")
+    whole, first, second = (
+        json.loads((d / f"{p}.json").read_text())
+        for d, p in ((straight, "all"), (split, "first"), (split, "second"))
+    )
+    assert second["restored"] == first["buffers"], "the buffers come back exactly"
+    assert first["buffers"] != [float(b) for b in STATEFUL[name]().buffers()], "they moved"
+    got = torch.tensor(first["losses"] + second["losses"])
+    assert_close(got, torch.tensor(whole["losses"]), rtol=1e-10, atol=1e-12)
+    assert_close(
+        torch.tensor(second["buffers"]), torch.tensor(whole["buffers"]), rtol=1e-12, atol=0
+    )

@@ -36,7 +36,7 @@ def _config(data: Path, out: Path, steps: int, backbone: str = "tinyface_gn", **
     return {
         "data": {"root": str(data), "loader": "torch", "global_batch_size": 12, "workers": 0},
         "model": {"backbone": backbone, "embedding_size": 16},
-        "head": {"margin": "arcface", "s": 16.0, "m2": 0.3, "sample_rate": 1.0},
+        "head": {"margin": "arcface", "margin_args": {"s": 16.0, "m": 0.3}, "sample_rate": 1.0},
         "optim": {"lr": 0.05, "warmup_steps": 1},
         "train": {
             "max_steps": steps,

@@ -31,9 +31,10 @@ backbone = "tinyface"
 embedding_size = 16
 [head]
 margin = "arcface"
-s = 16.0
-m2 = 0.3
 sample_rate = 0.6
+[head.margin_args]
+s = 16.0
+m = 0.3
 [optim]
 lr = 0.05
 [train]

@@ -76,7 +76,7 @@ def test_lambda_annealing_counts_forward_calls_and_survives_state_dict() -> None
     [
         (lambda: pfc.CombinedMargin(m1=0.5), "m1"),
         (lambda: pfc.CombinedMargin(m2=-0.1), "m2"),
-        (lambda: pfc.CosFace(m=-1), "m3"),
+        (lambda: pfc.CosFace(m=-1), "m must be >= 0"),
         (lambda: pfc.ArcFace(s=0), "s must be"),
         (lambda: pfc.SphereFace(m=2.5), "positive integer"),
         (lambda: pfc.LSoftmax(base=-1), "base"),

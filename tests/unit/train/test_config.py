@@ -14,10 +14,12 @@ backbone = "iresnet50"
 
 [head]
 margin = "combined"
+sample_rate = 0.2
+
+[head.margin_args]
 m1 = 1.0
 m2 = 0.3
 m3 = 0.2
-sample_rate = 0.2
 
 [train]
 max_steps = 5000
@@ -53,14 +55,17 @@ def test_command_line_overrides_are_parsed_to_the_field_type(tmp_path) -> None:
             "--train.max_steps",
             "7",
             "--optim.lr=0.05",
-            "--head.straight_through",
+            "--head.margin_args.straight_through",
             "true",
+            "--head.margin_args.s=16",
             "--eval.sets",
             "a.bin,b.bin",
         ],
     )
     assert cfg.train.max_steps == 7 and cfg.optim.lr == 0.05
-    assert cfg.head.straight_through is True and cfg.eval.sets == ["a.bin", "b.bin"]
+    margin = cfg.head.build_margin()
+    assert margin.straight_through is True and margin.scale == 16.0 and margin.m2 == 0.3
+    assert cfg.eval.sets == ["a.bin", "b.bin"]
 
 
 @pytest.mark.parametrize("value,expected", [(None, None), ("false", False), ("on", True)])
@@ -89,7 +94,9 @@ def test_arcface_torch_backbone_names_are_accepted(tmp_path, name) -> None:
         (["--head.bogus", "1"], r"--head\.bogus: unknown option"),
         (["--nosection.key", "1"], r"--nosection\.key: unknown section 'nosection'"),
         (["--data.loader", "torch", "--data.root", ""], r"data\.root: is required"),
-        (["--head.m2", "-0.5"], r"head: m2 must be >= 0"),
+        (["--head.margin_args.m2", "-0.5"], r"head\.margin_args: m2 must be >= 0"),
+        (["--head.margin_args", "1"], r"--head\.margin_args: give one entry at a time"),
+        (["--head.sample_rate.x", "1"], r"--head\.sample_rate\.x: is not a table"),
         (["train.max_steps", "3"], r"--section\.key value"),
         (["--train.max_steps"], r"needs a value"),
     ],
@@ -119,3 +126,62 @@ def test_a_missing_required_section_says_what_is_needed() -> None:
     with pytest.raises(ValueError, match=r"data\.num_classes"):
         Config.from_dict({"data": {"loader": "synthetic"}})
     assert cfg.train.epochs == 20 and cfg.train.max_steps == 0
+
+
+@pytest.mark.parametrize("name", list(pfc.MARGINS))
+def test_a_margin_without_arguments_is_its_class_with_its_defaults(name: str) -> None:
+    # The trap this replaces: margin = "cosface" trained CosFace with m = 0, "sphereface" m = 1.
+    cfg = Config.from_dict(
+        {"data": {"loader": "synthetic", "num_classes": 4}, "head": {"margin": name}}
+    )
+    built = cfg.head.build_margin()
+    assert type(built) is pfc.MARGINS[name]
+    assert repr(built) == repr(pfc.MARGINS[name]())
+
+
+def test_cosface_and_sphereface_keep_their_own_margins() -> None:
+    head = {"data": {"loader": "synthetic", "num_classes": 4}}
+    cosface = Config.from_dict({**head, "head": {"margin": "cosface"}}).head.build_margin()
+    assert (cosface.m1, cosface.m2, cosface.m3, cosface.scale) == (1.0, 0.0, 0.4, 64.0)
+    sphere = Config.from_dict(
+        {**head, "head": {"margin": "sphereface", "margin_args": {"m": 3, "base": 10.0}}}
+    ).head.build_margin()
+    assert (sphere.m, sphere.base, sphere.lambda_min) == (3, 10.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    "margin,args,match",
+    [
+        (
+            "cosface",
+            "m3 = 0.1",
+            r"head\.margin_args: margin 'cosface' takes no argument 'm3'; it "
+            r"takes: s, m, straight_through",
+        ),
+        ("sphereface", "m = 2.7", r"argument 'm' must be an integer, got 2\.7"),
+        ("arcface", 's = "64"', r"argument 's' must be a number"),
+        ("arcface", "m = -0.1", r"head\.margin_args: m must be >= 0"),
+    ],
+)
+def test_margin_arguments_are_checked_against_the_class(tmp_path, margin, args, match) -> None:
+    text = TOML.replace('margin = "combined"', f'margin = "{margin}"')
+    text = text.replace("m1 = 1.0\nm2 = 0.3\nm3 = 0.2\n", args + "\n")
+    with pytest.raises(ValueError, match=match):
+        Config.load(_write(tmp_path, text))
+
+
+def test_the_flat_margin_keys_are_gone_and_say_where_to_go(tmp_path) -> None:
+    text = TOML.replace("sample_rate = 0.2\n", "sample_rate = 0.2\nm3 = 0.35\n")
+    with pytest.raises(ValueError, match=r"head\.m3: unknown option: .*\[head\.margin_args\]"):
+        Config.load(_write(tmp_path, text))
+
+
+def test_a_saved_config_with_flat_margin_keys_reads_as_the_margin_it_trained() -> None:
+    saved = {
+        "data": {"loader": "synthetic", "num_classes": 4},
+        "head": {"margin": "cosface", "s": 30.0, "m1": 1.0, "m2": 0.5, "m3": 0.35},
+    }
+    margin = Config.from_saved(saved).head.build_margin()
+    assert isinstance(margin, pfc.CosFace) and (margin.scale, margin.m3) == (30.0, 0.35)
+    sphere = {**saved, "head": {"margin": "sphereface", "m1": 2.7}}
+    assert Config.from_saved(sphere).head.build_margin().m == 2

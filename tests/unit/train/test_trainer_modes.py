@@ -16,7 +16,7 @@ def _run(tmp_path, head: dict | None = None, **train) -> tuple[Trainer, dict]:
     cfg = Config.from_dict({
         "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
         "model": {"backbone": "tinyface_gn", "embedding_size": 8},
-        "head": {"margin": "arcface", "s": 8.0, "m2": 0.3, "sample_rate": 0.5, **(head or {})},
+        "head": {"margin": "arcface", "margin_args": {"s": 8.0, "m": 0.3}, "sample_rate": 0.5, **(head or {})},
         "optim": {"lr": 0.05},
         "train": {"max_steps": 3, "output_dir": str(tmp_path), "checkpoint_every": 100}
         | train,
@@ -43,7 +43,7 @@ def _full_softmax_run(out, accum: int):
     cfg = Config.from_dict({
         "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
         "model": {"backbone": "tinyface_gn", "embedding_size": 8},
-        "head": {"margin": "arcface", "s": 8.0, "m2": 0.3, "sample_rate": 1.0},
+        "head": {"margin": "arcface", "margin_args": {"s": 8.0, "m": 0.3}, "sample_rate": 1.0},
         "optim": {"lr": 0.05},
         "train": {"max_steps": 3, "output_dir": str(out), "checkpoint_every": 100, "grad_accum": accum},
     })  # fmt: skip

@@ -18,7 +18,7 @@ def _trainer(tmp_path) -> Trainer:
     cfg = Config.from_dict({
         "data": {"loader": "synthetic", "num_classes": 20, "global_batch_size": 4, "image_size": 112},
         "model": {"backbone": "tinyface_gn", "embedding_size": 8},
-        "head": {"margin": "cosface", "s": 8.0, "m3": 0.2},
+        "head": {"margin": "cosface", "margin_args": {"s": 8.0, "m": 0.2}},
         "train": {"max_steps": 6, "output_dir": str(tmp_path), "checkpoint_every": 100},
     })  # fmt: skip
     return Trainer(cfg, Runtime(0, 1, 0, torch.device("cpu")))

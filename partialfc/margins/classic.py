@@ -1,76 +1,17 @@
-"""Margin maths for the margin-softmax family, on plain tensors.
-
-Every margin here is described by four things, which is all a head needs to know:
-
-* whether the embeddings and the class centres are L2-normalised before the big GEMM;
-* ``scale``: every non-target logit is ``scale * (x . w_j)`` (+ ``b_j`` for :class:`Softmax`),
-  with ``x`` and ``w_j`` normalised as above, so non-target logits are linear in the GEMM output;
-* ``forward(x, w_y)``: the target logit of each row, from the row's embedding and its class centre
-  (a per-row computation, B x D work, differentiated by autograd, so the gradient is exact);
-  ``None`` when the target logit is the plain logit (no margin).
-
-Nothing here touches ``torch.distributed`` or chooses a device: the inputs decide both.
+"""The classic margins: the combined margin (NormFace, ArcFace, CosFace), A-Softmax, L-Softmax and
+plain softmax. All are target-only: every non-target logit is the plain scaled logit.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-COS_EPS = 1e-7
-"""Cosines are clamped to ``[-1 + COS_EPS, 1 - COS_EPS]`` before ``acos`` (finite gradient)."""
-
-
-def clamp_cos(cos: torch.Tensor) -> torch.Tensor:
-    """Clamp cosines into the open interval where ``acos`` has a finite derivative."""
-    return cos.clamp(-1.0 + COS_EPS, 1.0 - COS_EPS)
+from partialfc.margins.base import Margin, MarginBatch, annealed_lambda, combined_psi
+from partialfc.margins.registry import register
 
 
-def combined_psi(cos: torch.Tensor, m1: float, m2: float, m3: float) -> torch.Tensor:
-    """``psi(theta) = (-1)^k cos(m1*theta + m2) - 2k - m3`` with ``k = floor((m1*theta + m2)/pi)``.
-
-    The ``(-1)^k ... - 2k`` continuation (SphereFace's) keeps psi continuous and monotone
-    decreasing in theta on ``[0, pi]`` for any ``m1 >= 1, m2 >= 0``, where a bare
-    ``cos(m1*theta + m2)`` would turn back up past ``pi``.
-
-    Args:
-        cos: cosines of the target angle, any shape; clamped before ``acos``.
-        m1: multiplicative angular margin (SphereFace).
-        m2: additive angular margin (ArcFace).
-        m3: additive cosine margin (CosFace / AM-Softmax).
-    """
-    theta = torch.acos(clamp_cos(cos))
-    phi = m1 * theta + m2
-    k = torch.floor(phi / math.pi).detach()
-    sign = 1.0 - 2.0 * torch.remainder(k, 2.0)  # (-1)^k
-    return sign * torch.cos(phi) - 2.0 * k - m3
-
-
-def annealed_lambda(t: int, base: float, gamma: float, power: float, lambda_min: float) -> float:
-    """SphereFace's annealing weight ``max(lambda_min, base * (1 + gamma*t)^(-power))``."""
-    return max(lambda_min, base * (1.0 + gamma * t) ** (-power))
-
-
-class Margin(nn.Module):
-    """A margin-softmax family member; see the module docstring for the contract."""
-
-    normalize_embeddings: bool = False
-    normalize_weight: bool = False
-    has_bias: bool = False
-    scale: float = 1.0
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor | None:
-        """Target logits (B,) of rows ``x`` (B, D) whose class centres are ``w`` (B, D).
-
-        ``x`` arrives as the GEMM sees it (normalised when ``normalize_embeddings``); ``w`` is the
-        raw class-centre row. Returns ``None`` when the target logit needs no margin.
-        """
-        raise NotImplementedError
-
-
+@register("combined")
 class CombinedMargin(Margin):
     """``s * ((-1)^k cos(m1*theta + m2) - 2k - m3)`` on the target, ``s * cos`` elsewhere.
 
@@ -111,7 +52,9 @@ class CombinedMargin(Margin):
     def s(self) -> float:
         return self.scale
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, batch: MarginBatch | None = None
+    ) -> torch.Tensor:
         cos = (x * F.normalize(w, dim=1)).sum(1)
         margin_logit = self.scale * combined_psi(cos, self.m1, self.m2, self.m3)
         if self.straight_through:
@@ -124,20 +67,27 @@ class CombinedMargin(Margin):
         return f"s={self.scale}, m1={self.m1}, m2={self.m2}, m3={self.m3}{st}"
 
 
+@register("arcface")
 class ArcFace(CombinedMargin):
     """ArcFace: additive angular margin, ``s * cos(theta + m)`` on the target."""
 
     def __init__(self, s: float = 64.0, m: float = 0.5, straight_through: bool = False) -> None:
+        if not m >= 0.0:
+            raise ValueError(f"m must be >= 0, got {m}")
         super().__init__(s=s, m1=1.0, m2=m, m3=0.0, straight_through=straight_through)
 
 
+@register("cosface")
 class CosFace(CombinedMargin):
     """CosFace / AM-Softmax: additive cosine margin, ``s * (cos(theta) - m)`` on the target."""
 
     def __init__(self, s: float = 64.0, m: float = 0.4, straight_through: bool = False) -> None:
+        if not m >= 0.0:
+            raise ValueError(f"m must be >= 0, got {m}")
         super().__init__(s=s, m1=1.0, m2=0.0, m3=m, straight_through=straight_through)
 
 
+@register("normface")
 class NormFace(CombinedMargin):
     """NormFace: normalised softmax, ``s * cos`` everywhere, no margin."""
 
@@ -191,6 +141,7 @@ class _AnnealedMargin(Margin):
         )
 
 
+@register("sphereface")
 class SphereFace(_AnnealedMargin):
     """A-Softmax (SphereFace) as in the original code: centres normalised, embeddings not.
 
@@ -210,10 +161,13 @@ class SphereFace(_AnnealedMargin):
     ) -> None:
         super().__init__(m, base, gamma, power, lambda_min)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, batch: MarginBatch | None = None
+    ) -> torch.Tensor:
         return x.norm(dim=1) * self._blend(x, w)
 
 
+@register("lsoftmax")
 class LSoftmax(_AnnealedMargin):
     """L-Softmax: nothing normalised; target ``|w_y||x| (lam*cos + psi) / (1 + lam)``."""
 
@@ -227,10 +181,13 @@ class LSoftmax(_AnnealedMargin):
     ) -> None:
         super().__init__(m, base, gamma, power, lambda_min)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, w: torch.Tensor, batch: MarginBatch | None = None
+    ) -> torch.Tensor:
         return x.norm(dim=1) * w.norm(dim=1) * self._blend(x, w)
 
 
+@register("softmax")
 class Softmax(Margin):
     """Plain softmax: logits ``x . w_j (+ b_j)``, no margin, nothing normalised.
 
@@ -242,7 +199,7 @@ class Softmax(Margin):
         super().__init__()
         self.has_bias = bool(bias)
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, batch: MarginBatch | None = None) -> None:
         return None
 
     def extra_repr(self) -> str:
