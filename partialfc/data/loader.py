@@ -15,6 +15,7 @@ The contract (tests pin it down):
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import signal
 import weakref
@@ -156,12 +157,14 @@ class RecordLoader:
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=_WorkerSignals() if num_workers > 0 else None,
         )
         self.device = None if device is None else torch.device(device)
         self.epoch = 0
         self.batch = 0  # batches of `epoch` already handed to the caller
         if num_workers > 0:
+            # However this loader ends (close, garbage collection, exit), its workers may end.
+            weakref.finalize(self, self._loader.worker_init_fn.release)
             _track(self)
 
     def __len__(self) -> int:
@@ -171,6 +174,8 @@ class RecordLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yields ``(images (b, 3, H, W) float32, labels (b,) int64)`` to the end of the epoch."""
         self.sampler.epoch, self.sampler.start_batch = self.epoch, self.batch
+        if self._loader.num_workers and self._loader._iterator is None:  # workers start anew
+            self._loader.worker_init_fn.hold()
         for batch in self._loader:
             if isinstance(batch, WorkerError):
                 raise batch.error
@@ -186,10 +191,11 @@ class RecordLoader:
         """Stops the worker processes (the next iteration starts new ones); the position is kept.
 
         A trainer stopping on SIGTERM calls this before its last checkpoint: the workers ignore
-        the signal (see :func:`_ignore_stop_signals`) and end here, when the trainer is ready.
+        the signal (see :class:`_WorkerSignals`) and end here, when the trainer is ready.
         """
         workers = self._loader._iterator  # the persistent workers' iterator, if started
         if workers is not None:
+            self._loader.worker_init_fn.release()
             workers._shutdown_workers()
             self._loader._iterator = None
 
@@ -232,22 +238,39 @@ class RecordLoader:
         self.epoch, self.batch = epoch, batch
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Decoding workers leave SIGTERM and SIGINT to the trainer.
+class _WorkerSignals:
+    """``worker_init_fn``: decoding workers leave SIGTERM and SIGINT to the trainer.
 
     torchrun, Kubernetes' init and a terminal signal the whole process group. A worker killed by
     it would make the trainer's next data-loader call (or torch's SIGCHLD handler, at any point:
-    inside the last checkpoint's write) raise ``DataLoader worker ... killed by signal``. The
-    trainer stops its loaders itself (:meth:`RecordLoader.close`), and so does this module at exit
-    (:func:`_close_live_loaders`: multiprocessing's own exit handler would SIGTERM them, in vain,
-    and wait); a worker whose trainer died anyway exits on its own (torch's watchdog on the
-    parent) or with the group's SIGKILL.
+    inside the last checkpoint's write) raise ``DataLoader worker ... killed by signal``. So a
+    worker ignores SIGINT, and SIGTERM until its loader is released (:meth:`release`: by
+    :meth:`RecordLoader.close`, the loader's collection, or this module at exit): the trainer
+    stops its workers itself, and then torch's own SIGTERM (``Process.terminate``, its fallback
+    when a worker misses its sentinel) ends them at once. A worker whose trainer died anyway exits
+    on its own (torch's watchdog on the parent) or with the group's SIGKILL.
 
-    The signals are ignored, not handled: a worker has threads of its own by now, and a
-    process-directed signal reaches whichever thread does not block it.
+    The flag is shared memory inherited by the workers; the handler is Python's, so it acts on a
+    signal delivered to any thread of the worker (it runs in the worker's main thread within
+    torch's 5 s poll).
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def __init__(self) -> None:
+        self._released = multiprocessing.RawValue("b", 0)
+
+    def hold(self) -> None:
+        self._released.value = 0
+
+    def release(self) -> None:
+        self._released.value = 1
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        if self._released.value:
+            os._exit(0)
 
 
 _live_loaders: weakref.WeakSet[RecordLoader] = weakref.WeakSet()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from partialfc.distributed import all_gather_no_grad
+from partialfc.errors import UserError
 from partialfc.eval.verification import VerificationResult, embed_with_norms, fold_accuracy
 from partialfc.train.runtime import Runtime
 
@@ -62,11 +64,35 @@ class EvalMetrics:
 
     ``eval/<set>`` is the accuracy (the key earlier runs logged); ``eval/<set>/<what>`` for
     ``std``, ``val``, ``val_std``, ``far``, ``xnorm`` and ``best``. Prometheus shows them as
-    gauges ``partialfc_eval_<set>[_<what>]``. The best is over this process's evaluations.
+    gauges ``partialfc_eval_<set>[_<what>]``. The best is over the whole run: checkpoints carry
+    it (:meth:`to_bytes`, :meth:`load`), so a resumed run continues it.
     """
+
+    FILE = "eval-best.json"  # beside the DCP files of a checkpoint
 
     def __init__(self) -> None:
         self.best: dict[str, float] = {}
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.best, indent=2, sort_keys=True).encode()
+
+    def load(self, checkpoint_path: Path) -> None:
+        """Takes the best accuracies a checkpoint holds (none in one written before they were kept).
+
+        Raises:
+            UserError: the file is not such a record, naming it.
+        """
+        path = Path(checkpoint_path) / self.FILE
+        if not path.exists():
+            return
+        try:
+            best = {str(k): float(v) for k, v in json.loads(path.read_text()).items()}
+        except (ValueError, TypeError, AttributeError) as err:
+            raise UserError(
+                f"{path}: not a record of the best evaluation results ({err}); delete it to "
+                "start the best-so-far afresh"
+            ) from None
+        self.best = best
 
     def __call__(self, results: dict[str, VerificationResult]) -> dict[str, float]:
         out = {}

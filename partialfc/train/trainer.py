@@ -225,6 +225,7 @@ class Trainer:
         files |= loader_files(self.loader)  # DALI's per-rank reader state
         if self.rt.is_main:
             files["config.json"] = json.dumps(self.cfg.to_dict(), indent=2).encode()
+            files[EvalMetrics.FILE] = self._eval_metrics.to_bytes()
         path = checkpoint.save(
             self._state(),
             self.output_dir,
@@ -266,6 +267,7 @@ class Trainer:
             self.nonfinite_total = int(state["trainer"]["nonfinite_total"])
         if "data" in state:
             load_loader_state(self.loader, state["data"], path)
+        self._eval_metrics.load(path)
         rng = path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt"
         if rng.exists():
             _set_rng_state(_load_rng_state(rng))
