@@ -16,7 +16,7 @@ from partialfc.margins import (
     Softmax,
     SphereFace,
 )
-from partialfc.optim import SparseSGD
+from partialfc.optim import SparseAdamW, SparseSGD
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ __all__ = [
     "NormFace",
     "PartialFC",
     "Softmax",
+    "SparseAdamW",
     "SparseSGD",
     "SphereFace",
     "TripletLoss",
