@@ -226,17 +226,24 @@ class OptimConfig:
     """Optimizers and the learning-rate schedule (warmup, then polynomial decay to 0)."""
 
     name: str = "sgd"
-    """Backbone optimizer: sgd or adamw. The class centres always use SparseSGD."""
+    """Backbone optimizer: sgd or adamw; the class centres follow it (SparseSGD, SparseAdamW)
+    unless head_name is set."""
     lr: float = 0.1
     """Peak learning rate."""
     momentum: float = 0.9
-    """SGD momentum (backbone and centres)."""
+    """SGD momentum (backbone and centres, where they use sgd)."""
     weight_decay: float = 5e-4
     """L2 penalty (decoupled for adamw)."""
     warmup_steps: int = 0
     """Linear warmup from 0 to lr."""
     decay_power: float = 2.0
     """Polynomial decay exponent after warmup (insightface uses 2)."""
+    head_name: str | None = None
+    """Class-centre optimizer: sgd (SparseSGD) or adamw (SparseAdamW); unset: name."""
+    head_lr: float | None = None
+    """Peak learning rate of the class centres (same schedule); unset: lr."""
+    head_weight_decay: float | None = None
+    """Weight decay of the class centres; unset: weight_decay."""
 
     def __post_init__(self) -> None:
         _check(
@@ -251,6 +258,30 @@ class OptimConfig:
             self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}"
         )
         _check(self.decay_power >= 0, "optim.decay_power", f"must be >= 0, got {self.decay_power}")
+        _check(
+            self.head_name is None or self.head_name in OPTIMIZERS,
+            "optim.head_name",
+            f"must be one of {OPTIMIZERS}, got {self.head_name!r}",
+        )
+        _check(
+            self.head_lr is None or self.head_lr > 0,
+            "optim.head_lr",
+            f"must be > 0, got {self.head_lr}",
+        )
+        _check(
+            self.head_weight_decay is None or self.head_weight_decay >= 0,
+            "optim.head_weight_decay",
+            f"must be >= 0, got {self.head_weight_decay}",
+        )
+
+    def head_settings(self) -> tuple[str, float, float]:
+        """The class centres' (optimizer name, peak lr, weight decay): the head_* fields where set,
+        else the backbone's."""
+        return (
+            self.head_name if self.head_name is not None else self.name,
+            self.head_lr if self.head_lr is not None else self.lr,
+            self.head_weight_decay if self.head_weight_decay is not None else self.weight_decay,
+        )
 
 
 @dataclass(frozen=True)

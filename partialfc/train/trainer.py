@@ -43,7 +43,7 @@ from partialfc.metrics import (
     PrometheusSink,
     StallWatch,
 )
-from partialfc.optim import SparseSGD
+from partialfc.optim import RowSparseOptimizer, SparseAdamW, SparseSGD
 from partialfc.seeding import mix_seed
 from partialfc.train import checkpoint
 from partialfc.train.config import Config
@@ -122,9 +122,19 @@ class Trainer:
                 model.parameters(), lr=o.lr, weight_decay=o.weight_decay
             )
         head_params = [p for p in (self.head.weight, self.head.bias) if p is not None]
-        self.opt_head = SparseSGD(
-            head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-        )
+        head_name, head_lr, head_wd = o.head_settings()
+        if head_name == "sgd":
+            self.opt_head: RowSparseOptimizer = SparseSGD(
+                head_params, lr=head_lr, momentum=o.momentum, weight_decay=head_wd
+            )
+        else:
+            self.opt_head = SparseAdamW(head_params, lr=head_lr, weight_decay=head_wd)
+        if rt.is_main:  # the settings in effect, defaults included (the schedule scales lr)
+            print(
+                f"optimizers: backbone {_describe(self.opt_backbone)}; "
+                f"class centres {_describe(self.opt_head)}",
+                flush=True,
+            )
         if cfg.head.fused_update:  # the fused backward updates the centres: no dW is stored
             self.head.fuse_update(self.opt_head)
         # One scaler for both optimizers: one loss scale, each optimizer skips on its own infs.
@@ -288,12 +298,14 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One optimizer step on this rank's part of the global batch; returns the loss (tensor)."""
         cfg, rt = self.cfg, self.rt
-        lr = learning_rate(
-            self.step, cfg.optim.lr, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power
-        )
-        for opt in (self.opt_backbone, self.opt_head):
+        _, head_lr, _ = cfg.optim.head_settings()
+        for opt, peak in ((self.opt_backbone, cfg.optim.lr), (self.opt_head, head_lr)):
+            opt_lr = learning_rate(
+                self.step, peak, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power
+            )
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = opt_lr
+        lr = self.opt_backbone.param_groups[0]["lr"]
         amp = AMP_DTYPES.get(cfg.train.precision)
         k = cfg.train.grad_accum
         micro = images.shape[0] // k
@@ -506,6 +518,14 @@ def _has_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> torch.Tensor:
 
 def _state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for state in opt.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
+def _describe(opt: torch.optim.Optimizer) -> str:
+    """``Name(lr=..., ...)``: an optimizer's hyper-parameters as its first group holds them."""
+    keys = ("lr", "momentum", "dampening", "nesterov", "betas", "eps", "weight_decay")
+    group = opt.param_groups[0]
+    args = ", ".join(f"{k}={group[k]}" for k in keys if k in group)
+    return f"{type(opt).__name__}({args})"
 
 
 def _rng_state() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from torch.testing import assert_close
 
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
+from partialfc.train.schedule import learning_rate
 from partialfc.train.trainer import Trainer
 from tests.runlog import losses
 
@@ -25,12 +26,13 @@ def _run(tmp_path, head: dict | None = None, **train) -> tuple[Trainer, dict]:
     return trainer, {**trainer.fit(), "losses": losses(cfg.train.output_dir)}
 
 
-@pytest.mark.parametrize("accum", [2, 4])
-def test_accumulated_micro_batches_reproduce_one_step_exactly(tmp_path, accum: int) -> None:
+@pytest.mark.parametrize(("accum", "optim"), [(2, "sgd"), (4, "sgd"), (2, "adamw")])
+def test_accumulated_micro_batches_reproduce_one_step_exactly(tmp_path, accum, optim) -> None:
     # Full softmax: with sampling every micro-batch would draw its own negatives (the head counts
     # forward calls), a different, equally valid, estimator.
-    one, r_one = _full_softmax_run(tmp_path / "one", 1)
-    many, r_many = _full_softmax_run(tmp_path / "many", accum)
+    one, r_one = _full_softmax_run(tmp_path / "one", 1, optim)
+    many, r_many = _full_softmax_run(tmp_path / "many", accum, optim)
+    assert type(many.opt_head).__name__ == {"sgd": "SparseSGD", "adamw": "SparseAdamW"}[optim]
     assert_close(
         torch.tensor(r_many["losses"]), torch.tensor(r_one["losses"]), rtol=1e-5, atol=1e-6
     )
@@ -39,12 +41,12 @@ def test_accumulated_micro_batches_reproduce_one_step_exactly(tmp_path, accum: i
     assert_close(many.head.weight, one.head.weight, rtol=1e-4, atol=1e-6)
 
 
-def _full_softmax_run(out, accum: int):
+def _full_softmax_run(out, accum: int, optim: str = "sgd"):
     cfg = Config.from_dict({
         "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
         "model": {"backbone": "tinyface_gn", "embedding_size": 8},
         "head": {"margin": "arcface", "s": 8.0, "m2": 0.3, "sample_rate": 1.0},
-        "optim": {"lr": 0.05},
+        "optim": {"lr": 0.05 if optim == "sgd" else 1e-3, "name": optim},
         "train": {"max_steps": 3, "output_dir": str(out), "checkpoint_every": 100, "grad_accum": accum},
     })  # fmt: skip
     trainer = Trainer(cfg, Runtime(0, 1, 0, torch.device("cpu")))
@@ -112,3 +114,27 @@ def test_fused_update_refuses_what_it_cannot_do(overrides: dict, message: str) -
     with pytest.raises(ValueError, match=r"head\.fused_update") as err:
         Config.from_dict(raw)
     assert message in str(err.value)
+
+
+def test_the_centres_take_their_own_optimizer_lr_and_weight_decay(tmp_path) -> None:
+    optim = {"head_name": "adamw", "head_lr": 0.01, "head_weight_decay": 0.2}
+    trainer = Trainer(
+        Config.from_dict(
+            {
+                "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
+                "model": {"backbone": "tinyface_gn", "embedding_size": 8},
+                "head": {"margin": "arcface", "s": 8.0, "m2": 0.3},
+                "optim": {"lr": 0.05, "warmup_steps": 1, **optim},
+                "train": {"max_steps": 3, "output_dir": str(tmp_path), "checkpoint_every": 100},
+            }
+        ),
+        Runtime(0, 1, 0, torch.device("cpu")),
+    )
+    trainer.fit()
+    assert type(trainer.opt_backbone).__name__ == "SGD"
+    assert type(trainer.opt_head).__name__ == "SparseAdamW"
+    (group,) = trainer.opt_head.param_groups
+    assert group["weight_decay"] == 0.2 and group["lr"] == learning_rate(2, 0.01, 3, 1)
+    assert trainer.opt_backbone.param_groups[0]["lr"] == learning_rate(2, 0.05, 3, 1)
+    assert trainer.opt_backbone.param_groups[0]["weight_decay"] == 5e-4
+    assert float(trainer.opt_head.state[trainer.head.weight]["step"]) == 3.0
