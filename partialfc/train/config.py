@@ -29,6 +29,7 @@ from partialfc.errors import ConfigError, UserFileError
 
 MARGINS = ("arcface", "cosface", "normface", "combined", "sphereface", "lsoftmax", "softmax")
 FUSED: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
+HEAD_INITS = ("random", "class_means")
 LOADERS = ("torch", "dali", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -127,6 +128,13 @@ class ModelConfig:
     checkpoint_activations: bool | None = None
     """Recompute activations in backward to save memory; unset: the backbone's default (on for
     vit_b, vit_l, vit_h and r2060, as in arcface_torch; off for the others)."""
+    pretrained: str = ""
+    """Fine-tune from these backbone weights (a state_dict file, arcface_torch's model.pt or
+    backbone.pth, or a partialfc run folder), loaded strictly before the first step; ignored when
+    the run resumes from its own checkpoint."""
+    freeze_bn: bool = False
+    """BatchNorm layers keep their running statistics and normalise with them (eval mode) while
+    training; their scale and shift still train."""
 
     def __post_init__(self) -> None:
         known = backbones.list_backbones()
@@ -167,6 +175,9 @@ class HeadConfig:
     """Triton kernels that never store the logits: on, off, or auto (on with CUDA)."""
     fused_update: bool = False
     """The fused backward applies the centres' SGD update chunk by chunk: no dW is stored."""
+    init: str = "random"
+    """Starting centres: random, or class_means (the normalised mean embedding of each class
+    under the starting backbone, one pass over the data); not on resume."""
 
     def __post_init__(self) -> None:
         _check(
@@ -191,6 +202,11 @@ class HeadConfig:
             not self.fused_update or self.fused != "off",
             "head.fused_update",
             "needs head.fused = 'on' or 'auto' (the reference path stores dW)",
+        )
+        _check(
+            self.init in HEAD_INITS,
+            "head.init",
+            f"must be one of {HEAD_INITS}, got {self.init!r}",
         )
         try:
             self.build_margin()

@@ -101,6 +101,7 @@ def run_checks(
     _check_output_dir(pf, check_lock)
     _check_ports(pf, range(world_size) if local_ranks is None else local_ranks)
     _check_checkpoint(pf)
+    _check_pretrained(pf)
     return pf
 
 
@@ -327,6 +328,14 @@ def _check_checkpoint(pf: Preflight) -> None:
             f"{key}: the checkpoint {path} has {label} {old!r}, the config {new!r}; use the "
             "checkpoint's value or a new train.output_dir"
         )
+
+
+def _check_pretrained(pf: Preflight) -> None:
+    """The weights to fine-tune from exist (their keys are checked when the trainer loads them);
+    a resumed run ignores them."""
+    path = pf.cfg.model.pretrained
+    if path and pf.resume_from is None and not Path(path).exists():
+        pf.problems.append(f"model.pretrained: {path} does not exist")
 
 
 def _centre_state_keys(o: OptimConfig) -> list[str]:

@@ -32,7 +32,12 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel
 
 from partialfc import backbones
-from partialfc.distributed import all_reduce_max, broadcast_buffers, use_global_loss_gradients
+from partialfc.distributed import (
+    all_gather_no_grad,
+    all_reduce_max,
+    broadcast_buffers,
+    use_global_loss_gradients,
+)
 from partialfc.errors import UserError
 from partialfc.heads import PartialFC
 from partialfc.metrics import (
@@ -45,7 +50,7 @@ from partialfc.metrics import (
 )
 from partialfc.optim import RowSparseOptimizer, SparseAdamW, SparseSGD
 from partialfc.seeding import mix_seed
-from partialfc.train import checkpoint
+from partialfc.train import checkpoint, finetune
 from partialfc.train.config import Config
 from partialfc.train.data import build_loader, load_loader_state, loader_files
 from partialfc.train.evaluation import EvalMetrics, evaluate_sets
@@ -87,6 +92,8 @@ class Trainer:
             checkpoint_activations=cfg.model.checkpoint_activations,
         ).to(rt.device)
         self.backbone = model
+        if cfg.model.freeze_bn and not finetune.freeze_batchnorm(model) and rt.is_main:
+            print(f"warning: model.freeze_bn: {cfg.model.backbone} has no BatchNorm", flush=True)
         # A skipped (non-finite) step must leave no trace, but its forward already moved the
         # BatchNorm running statistics: they are copied before each step and put back.
         self._buffers = [b for b in model.buffers()]
@@ -287,6 +294,26 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}{note}", flush=True)
         return True
 
+    def start_fresh(self) -> None:
+        """Before the first step of a new run (never on resume): the pretrained backbone, then
+        the centres' initialisation (``head.init``) under it."""
+        cfg, rt = self.cfg, self.rt
+        if cfg.model.pretrained:
+            finetune.load_pretrained(self.backbone, cfg.model.pretrained)  # every rank: the same
+            if rt.is_main:
+                print(f"backbone weights from {cfg.model.pretrained}", flush=True)
+        if cfg.head.init == "class_means":
+            loader = build_loader(cfg, rt)  # its own pass: the training order stays as it was
+            try:
+                count = finetune.init_class_means(self.backbone, loader, self.head, rt.device)
+            finally:
+                loader.close()
+            total = int(all_gather_no_grad(torch.tensor([count], device=rt.device)).sum())
+            if rt.is_main:
+                print(
+                    f"class centres: {total} of {self.num_classes} set to class means", flush=True
+                )
+
     # ------------------------------------------------------------------ the loop
 
     def _batches(self):
@@ -380,7 +407,8 @@ class Trainer:
         """
         cfg, rt = self.cfg, self.rt
         self._install_signal_handlers()
-        self.resume()
+        if not self.resume():
+            self.start_fresh()
         progress = _Progress(
             self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every
         )

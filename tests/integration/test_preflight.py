@@ -144,6 +144,12 @@ def test_missing_dataset_files(data, tmp_path) -> None:
     _assert_user_error(_check(tmp_path / "nowhere", tmp_path / "run"), "does not exist")
 
 
+def test_missing_pretrained_weights(data, tmp_path) -> None:
+    missing = tmp_path / "backbone.pth"
+    result = _check(data, tmp_path / "run", f"--model.pretrained={missing}")
+    _assert_user_error(result, f"model.pretrained: {missing} does not exist")
+
+
 def test_data_verify_decodes_every_record(data, tmp_path) -> None:
     copy = _copy(data, tmp_path)
     rec = bytearray((copy / "train.rec").read_bytes())
