@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet), "
         "and arcface_torch runs to partialfc (arcface-torch)",
     ),
+    "import-config": (
+        "partialfc.legacy.arcface_config",
+        "print an arcface_torch config (configs/NAME.py, read, never executed) as partialfc TOML",
+    ),
 }
 
 
