@@ -21,15 +21,36 @@ from partialfc.errors import UserError, UserFileError
 
 # arcface_torch's configs/base.py (the values every job config starts from).
 BASE: dict[str, Any] = {
-    "margin_list": (1.0, 0.5, 0.0), "network": "r50", "resume": False, "save_all_states": False,
-    "output": "ms1mv3_arcface_r50", "embedding_size": 512, "sample_rate": 1,
-    "interclass_filtering_threshold": 0, "fp16": False, "batch_size": 128, "optimizer": "sgd",
-    "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "verbose": 2000, "frequent": 10,
-    "dali": False, "dali_aug": False, "gradient_acc": 1, "seed": 2048, "num_workers": 2,
-    "wandb_key": "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX", "suffix_run_name": None,
-    "using_wandb": False, "wandb_entity": "entity", "wandb_project": "project",
-    "wandb_log_all": True, "save_artifacts": False, "wandb_resume": False,
-}  # fmt: skip
+    "margin_list": (1.0, 0.5, 0.0),
+    "network": "r50",
+    "resume": False,
+    "save_all_states": False,
+    "output": "ms1mv3_arcface_r50",
+    "embedding_size": 512,
+    "sample_rate": 1,
+    "interclass_filtering_threshold": 0,
+    "fp16": False,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "verbose": 2000,
+    "frequent": 10,
+    "dali": False,
+    "dali_aug": False,
+    "gradient_acc": 1,
+    "seed": 2048,
+    "num_workers": 2,
+    "wandb_key": "XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX",
+    "suffix_run_name": None,
+    "using_wandb": False,
+    "wandb_entity": "entity",
+    "wandb_project": "project",
+    "wandb_log_all": True,
+    "save_artifacts": False,
+    "wandb_resume": False,
+}
 NOT_MAPPED = {
     "resume": "partialfc resumes from train.output_dir's newest checkpoint by itself",
     "save_all_states": "partialfc's checkpoints always hold every state (resumable on any size)",
@@ -39,10 +60,14 @@ NOT_MAPPED = {
     "suffix_run_name": "no Weights & Biases in partialfc",
 }
 _OPS = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-    ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
     ast.Pow: operator.pow,
-}  # fmt: skip
+}
 
 
 def read_config(path: str | Path) -> tuple[dict[str, Any], list[str]]:
@@ -124,9 +149,11 @@ def to_partialfc(
     acc = int(c["gradient_acc"])
     global_batch = int(c["batch_size"]) * world_size * acc
     data: dict[str, Any] = {
-        "root": c.get("rec", ""), "loader": "dali" if c["dali"] else "torch",
-        "global_batch_size": global_batch, "workers": int(c["num_workers"]),
-    }  # fmt: skip
+        "root": c.get("rec", ""),
+        "loader": "dali" if c["dali"] else "torch",
+        "global_batch_size": global_batch,
+        "workers": int(c["num_workers"]),
+    }
     model: dict[str, Any] = {"embedding_size": int(c["embedding_size"])}
     if c["network"] in backbones.list_backbones():
         model["backbone"] = c["network"]
@@ -141,11 +168,13 @@ def to_partialfc(
         optim["momentum"] = float(c["momentum"])
     optim["decay_power"] = 1.0  # train_v2.py's PolynomialLRWarmup, power 1
     train: dict[str, Any] = {
-        "output_dir": c["output"] or f"work_dirs/{name}", "seed": int(c["seed"]),
-        "precision": "fp16" if c["fp16"] else "fp32", "grad_accum": acc,
+        "output_dir": c["output"] or f"work_dirs/{name}",
+        "seed": int(c["seed"]),
+        "precision": "fp16" if c["fp16"] else "fp32",
+        "grad_accum": acc,
         "clip_grad_norm": 5.0,  # train_v2.py clips the backbone's gradient norm at 5
         "log_every": max(1, int(c["frequent"]) // acc),
-    }  # fmt: skip
+    }
     if "num_epoch" in c:
         train["epochs"] = int(c["num_epoch"])
     if "num_image" in c and "warmup_epoch" in c:
@@ -167,17 +196,41 @@ def to_partialfc(
             notes.append(f"config.{key} = {c[key]!r}: {NOT_MAPPED[key]}")
         elif key not in _MAPPED and key not in wandb:
             notes.append(f"config.{key} = {c[key]!r}: not a setting partialfc knows")
-    sections = {"data": data, "model": model, "head": head, "optim": optim, "train": train,
-                "eval": evaluation}  # fmt: skip
+    sections = {
+        "data": data,
+        "model": model,
+        "head": head,
+        "optim": optim,
+        "train": train,
+        "eval": evaluation,
+    }
     return sections, notes
 
 
 _MAPPED = {
-    "margin_list", "network", "output", "embedding_size", "sample_rate",
-    "interclass_filtering_threshold", "fp16", "batch_size", "optimizer", "lr", "momentum",
-    "weight_decay", "verbose", "frequent", "dali", "gradient_acc", "seed", "num_workers", "rec",
-    "num_epoch", "warmup_epoch", "val_targets",
-}  # fmt: skip
+    "margin_list",
+    "network",
+    "output",
+    "embedding_size",
+    "sample_rate",
+    "interclass_filtering_threshold",
+    "fp16",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "verbose",
+    "frequent",
+    "dali",
+    "gradient_acc",
+    "seed",
+    "num_workers",
+    "rec",
+    "num_epoch",
+    "warmup_epoch",
+    "val_targets",
+}
 
 
 def _margin(margins: tuple, notes: list[str]) -> dict[str, Any]:

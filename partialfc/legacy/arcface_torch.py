@@ -108,9 +108,13 @@ def convert(src: str | Path, out: str | Path, gradient_acc: int = 1) -> ArcfaceT
     path = checkpoint.save(state, out, step=step)
     num_classes, dim = state["head.weight"].shape
     return ArcfaceTorchConversion(
-        path=path, step=step, num_classes=int(num_classes), embedding_size=int(dim),
-        ranks=len(shards), optimizer_state=tuple(sorted(keys)),
-    )  # fmt: skip
+        path=path,
+        step=step,
+        num_classes=int(num_classes),
+        embedding_size=int(dim),
+        ranks=len(shards),
+        optimizer_state=tuple(sorted(keys)),
+    )
 
 
 def _rank_files(src: Path) -> list[Path]:

@@ -359,9 +359,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     at.add_argument("src", type=Path, help="its output folder (model.pt, checkpoint_gpu_*.pt)")
     at.add_argument("out", type=Path, help="output folder (a partialfc output_dir)")
     at.add_argument(
-        "--gradient-acc", type=int, default=1,
+        "--gradient-acc",
+        type=int,
+        default=1,
         help="the run's config.gradient_acc: global_step counts micro-batches (default 1)",
-    )  # fmt: skip
+    )
 
 
 def _run_arcface_torch(args: argparse.Namespace) -> int:

@@ -66,6 +66,11 @@ class SparseAdamW(RowSparseOptimizer):
         self._counted.clear()
         return loss
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        # A new step begins (also where the last one was skipped without step()).
+        self._counted.clear()
+        super().zero_grad(set_to_none)
+
     def _state(self, p: torch.Tensor, group: dict) -> dict:
         state = self.state[p]
         if "exp_avg" not in state:

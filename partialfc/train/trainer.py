@@ -215,7 +215,9 @@ class Trainer:
             *((f"optim.head.{i}", t) for i, t in enumerate(_state_tensors(self.opt_head))),
         ]
         named = [(n, t) for n, t in named if t.is_floating_point()]
-        flags = torch.stack([_has_nonfinite(t.detach()) for _, t in named]).float()
+        # .to: the AdamW step counts are CPU scalars (torch's and SparseAdamW's) beside CUDA state
+        flags = torch.stack([_has_nonfinite(t.detach()).to(self.rt.device) for _, t in named])
+        flags = flags.float()
         flags = all_reduce_max(flags).tolist()  # the centres differ per rank: one verdict
         return [n for (n, _), bad in zip(named, flags, strict=True) if bad]
 

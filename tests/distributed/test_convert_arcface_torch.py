@@ -54,13 +54,15 @@ def _arcface_torch_run(folder: Path, optimizer: str) -> dict[str, torch.Tensor]:
         state = opt.state_dict()
         torch.save(
             {
-                "epoch": 0, "global_step": GLOBAL_STEP,
+                "epoch": 0,
+                "global_step": GLOBAL_STEP,
                 "state_dict_backbone": backbone.state_dict(),
                 "state_dict_softmax_fc": {"weight": weight.detach()},
-                "state_optimizer": state, "state_lr_scheduler": {},
+                "state_optimizer": state,
+                "state_lr_scheduler": {},
             },
             folder / f"checkpoint_gpu_{rank}.pt",
-        )  # fmt: skip
+        )
         centre = state["state"][state["param_groups"][-1]["params"][-1]]
         full.setdefault("weight", []).append(weight.detach())
         for key, value in centre.items():
@@ -72,8 +74,19 @@ def _arcface_torch_run(folder: Path, optimizer: str) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_centres_are_the_concatenated_shards_exactly(tmp_path: Path, optimizer: str) -> None:
     want = _arcface_torch_run(tmp_path / "at", optimizer)
-    assert cli(["convert", "arcface-torch", str(tmp_path / "at"), str(tmp_path / "out"),
-                "--gradient-acc", str(ACC)]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "convert",
+                "arcface-torch",
+                str(tmp_path / "at"),
+                str(tmp_path / "out"),
+                "--gradient-acc",
+                str(ACC),
+            ]
+        )
+        == 0
+    )
     out = tmp_path / "out"
     assert checkpoint.latest_checkpoint(out).name == f"step-{GLOBAL_STEP // ACC:08d}"
     assert torch.equal(checkpoint.read_class_centers(out), want["weight"])

@@ -146,6 +146,10 @@ def test_update_rows_counts_one_step_per_backward() -> None:
         whole.step()
     assert float(chunked.state[a]["step"]) == 3.0
     assert_close(a.detach(), b.detach(), **TIGHT)
+    chunked.update_rows(a, slice(0, 1), torch.ones(1, 3, dtype=torch.float64))
+    chunked.zero_grad()  # the trainer skipped that step's step(): the next backward is a new step
+    chunked.update_rows(a, slice(0, 1), torch.ones(1, 3, dtype=torch.float64))
+    assert float(chunked.state[a]["step"]) == 5.0
 
 
 def test_state_dict_round_trip() -> None:

@@ -60,8 +60,11 @@ def test_the_vit_b_config_maps_setting_by_setting(tmp_path: Path, capsys) -> Non
     cfg, out = _import(tmp_path, VIT_B, capsys)
     assert cfg.model.backbone == "vit_b_dp005_mask_005" and cfg.model.embedding_size == 512
     assert (cfg.head.margin, cfg.head.m3, cfg.head.s, cfg.head.sample_rate) == (
-        "cosface", 0.4, 64.0, 0.3,
-    )  # fmt: skip
+        "cosface",
+        0.4,
+        64.0,
+        0.3,
+    )
     assert cfg.optim.head_settings() == ("adamw", 1e-3, 0.1)  # the centres too
     assert cfg.data.global_batch_size == 256 * 8 * 12 and cfg.train.grad_accum == 12
     assert cfg.train.precision == "fp16" and cfg.data.loader == "torch"

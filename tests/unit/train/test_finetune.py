@@ -107,13 +107,15 @@ def test_freeze_bn_keeps_the_running_statistics_through_train() -> None:
 
 
 def _config(out: Path, max_steps: int = 2, **model) -> Config:
-    return Config.from_dict({
-        "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
-        "model": {"backbone": "tinyface", "embedding_size": 8, **model},
-        "head": {"margin": "arcface", "s": 8.0, "m2": 0.3},
-        "optim": {"lr": 0.05},
-        "train": {"max_steps": max_steps, "output_dir": str(out), "checkpoint_every": 100},
-    })  # fmt: skip
+    return Config.from_dict(
+        {
+            "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
+            "model": {"backbone": "tinyface", "embedding_size": 8, **model},
+            "head": {"margin": "arcface", "s": 8.0, "m2": 0.3},
+            "optim": {"lr": 0.05},
+            "train": {"max_steps": max_steps, "output_dir": str(out), "checkpoint_every": 100},
+        }
+    )
 
 
 def test_the_trainer_loads_before_the_first_step_and_not_on_resume(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from partialfc.train.trainer import Trainer
 from tests.runlog import losses
 
 
-def _run(tmp_path, head: dict | None = None, **train) -> tuple[Trainer, dict]:
+def _run(tmp_path, head: dict | None = None, optim: dict | None = None, **train):
     cfg = Config.from_dict({
         "data": {"loader": "synthetic", "num_classes": 30, "global_batch_size": 8},
         "model": {"backbone": "tinyface_gn", "embedding_size": 8},
         "head": {"margin": "arcface", "s": 8.0, "m2": 0.3, "sample_rate": 0.5, **(head or {})},
-        "optim": {"lr": 0.05},
+        "optim": {"lr": 0.05, **(optim or {})},
         "train": {"max_steps": 3, "output_dir": str(tmp_path), "checkpoint_every": 100}
         | train,
     })  # fmt: skip
@@ -84,21 +84,33 @@ def test_fused_head_trains_like_the_reference_head(tmp_path, precision: str) -> 
     assert_close(fused_trainer.head.weight, ref_trainer.head.weight, rtol=tol, atol=tol * scale)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fused_update_trains_like_the_fused_head(tmp_path, precision: str) -> None:
+@pytest.mark.parametrize(
+    ("precision", "centres"), [("fp32", "sgd"), ("bf16", "sgd"), ("fp32", "adamw")]
+)
+def test_fused_update_trains_like_the_fused_head(tmp_path, precision: str, centres: str) -> None:
     """head.fused_update: the centres updated inside backward, the same run as fused + step()."""
     pytest.importorskip("triton")
-    base, r_base = _run(tmp_path / "fused", head={"fused": "on"}, precision=precision)
+    optim = {"head_name": centres}
+    base, r_base = _run(tmp_path / "fused", head={"fused": "on"}, optim=optim, precision=precision)
     upd, r_upd = _run(
-        tmp_path / "update", head={"fused": "on", "fused_update": True}, precision=precision
+        tmp_path / "update",
+        head={"fused": "on", "fused_update": True},
+        optim=optim,
+        precision=precision,
     )
     assert upd.head.weight.grad is None, "no dW was stored"
     assert_close(torch.tensor(r_upd["losses"]), torch.tensor(r_base["losses"]))
     assert_close(upd.head.weight, base.head.weight)
-    assert_close(
-        upd.opt_head.state[upd.head.weight]["momentum_buffer"],
-        base.opt_head.state[base.head.weight]["momentum_buffer"],
+    state_upd, state_base = (
+        upd.opt_head.state[upd.head.weight],
+        base.opt_head.state[base.head.weight],
     )
+    assert (
+        set(state_upd)
+        == {"sgd": {"momentum_buffer"}, "adamw": {"step", "exp_avg", "exp_avg_sq"}}[centres]
+    )
+    for key in state_base:
+        assert_close(state_upd[key], state_base[key])
 
 
 @pytest.mark.parametrize(
