@@ -21,7 +21,7 @@ from partialfc.margins import (
     Softmax,
     SphereFace,
 )
-from partialfc.optim import SparseSGD
+from partialfc.optim import SparseAdamW, SparseSGD
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "NormFace",
     "PartialFC",
     "Softmax",
+    "SparseAdamW",
     "SparseSGD",
     "SphereFace",
     "TripletLoss",

@@ -31,7 +31,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("partialfc.export", "export a checkpoint's backbone to ONNX or a state_dict"),
     "convert": (
         "partialfc.legacy.convert",
-        "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet)",
+        "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet), "
+        "and arcface_torch runs to partialfc (arcface-torch)",
+    ),
+    "import-config": (
+        "partialfc.legacy.arcface_config",
+        "print an arcface_torch config (configs/NAME.py, read, never executed) as partialfc TOML",
     ),
 }
 

@@ -20,7 +20,8 @@ rows taking part this step (the shard, or its sampled rows in ``index``).
   registers. The logits are computed twice in all (forward, backward), never stored; at most one
   chunk of their gradient exists at a time.
 * Optionally (``PartialFC.fuse_update``) dW is not stored either: each chunk's rows go through
-  the SparseSGD update as soon as they are computed, so no (N, D) array exists in the step.
+  the optimizer's row update (SparseSGD, SparseAdamW) as soon as they are computed, so no (N, D)
+  array exists in the step.
 
 The GEMM runs in the embeddings' dtype (bf16/fp16 under autocast, float32 otherwise, with TF32
 only when ``torch.backends.cuda.matmul.allow_tf32`` allows it); the centres stay float32 in

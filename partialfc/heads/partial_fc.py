@@ -28,7 +28,7 @@ from partialfc.heads._fused import (
     triton_available,
 )
 from partialfc.margins import Margin, MarginBatch
-from partialfc.optim import SparseSGD
+from partialfc.optim import RowSparseOptimizer
 from partialfc.seeding import mix_seed
 
 log = logging.getLogger(__name__)
@@ -266,10 +266,11 @@ class PartialFC(nn.Module):
         # any logit is formed (CurricularFace's t and thresholds, ElasticFace+'s pairing need it).
         return all_reduce_sum_identity_grad(cos, self.process_group)
 
-    def fuse_update(self, optimizer: SparseSGD | None) -> None:
+    def fuse_update(self, optimizer: RowSparseOptimizer | None) -> None:
         """Let the fused backward apply ``optimizer``'s update to the class centres itself.
 
-        Each chunk of dW rows goes through :meth:`SparseSGD.update_rows` as soon as it is
+        Each chunk of dW rows goes through ``optimizer.update_rows`` (:class:`SparseSGD` or
+        :class:`SparseAdamW`; AdamW counts the chunks of one backward as one step) as soon as it is
         computed, so the step never holds the (N, D) values of the sparse gradient (244 MiB at
         125k rows and D = 512): ``self.weight.grad`` stays None, and ``optimizer.step()``, still
         called every step, updates whatever else it holds (the bias) and skips the centres. The
@@ -282,7 +283,7 @@ class PartialFC(nn.Module):
         clipping of the centres. The trainer refuses those combinations (``head.fused_update``).
 
         Raises:
-            ValueError: the head is ``fused=False``, or ``optimizer`` is not a SparseSGD holding
+            ValueError: the head is ``fused=False``, or ``optimizer`` is not a SparseSGD or SparseAdamW holding
                 ``self.weight``.
         """
         if optimizer is None:
@@ -290,9 +291,10 @@ class PartialFC(nn.Module):
             return
         if self.fused is False:
             raise ValueError("fuse_update needs fused=True or 'auto': the reference path stores dW")
-        if not isinstance(optimizer, SparseSGD):
+        if not isinstance(optimizer, RowSparseOptimizer):
             raise ValueError(
-                f"fuse_update needs a partialfc.SparseSGD, got {type(optimizer).__name__}"
+                "fuse_update needs a partialfc.SparseSGD or partialfc.SparseAdamW, got "
+                f"{type(optimizer).__name__}"
             )
         if not any(p is self.weight for g in optimizer.param_groups for p in g["params"]):
             raise ValueError("fuse_update: the optimizer does not hold this head's weight")

@@ -13,6 +13,9 @@ checkpoint ``OUT/step-00000000``:
   ``config.json`` naming the iresnet when its depth is a registered one, so ``partialfc export``
   and ``partialfc eval`` load it.
 
+``partialfc convert arcface-torch SRC OUT`` converts an insightface arcface_torch output folder
+(see :mod:`partialfc.legacy.arcface_torch`).
+
 ``partialfc convert torch2mxnet CHECKPOINT OUT_PREFIX`` goes back: ``head.weight`` as
 ``fc7_weight`` (``head.bias`` as ``fc7_bias``) and an iresnet backbone as fresnet parameters,
 saved with ``mx.model.save_checkpoint`` at epoch 0 (``--epoch``) with insightface's training
@@ -351,9 +354,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     t2m.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir")
     t2m.add_argument("out_prefix", help="MXNet checkpoint prefix to write")
     t2m.add_argument("--epoch", type=int, default=0, help="epoch number to write (default 0)")
+    at = sub.add_parser(
+        "arcface-torch", help="insightface arcface_torch output folder -> partialfc checkpoint"
+    )
+    at.add_argument("src", type=Path, help="its output folder (model.pt, checkpoint_gpu_*.pt)")
+    at.add_argument("out", type=Path, help="output folder (a partialfc output_dir)")
+    at.add_argument(
+        "--gradient-acc",
+        type=int,
+        default=1,
+        help="the run's config.gradient_acc: global_step counts micro-batches (default 1)",
+    )
+
+
+def _run_arcface_torch(args: argparse.Namespace) -> int:
+    from partialfc.legacy.arcface_torch import convert
+
+    if args.gradient_acc < 1:
+        raise UserError(f"--gradient-acc: must be >= 1, got {args.gradient_acc}")
+    done = convert(args.src, args.out, gradient_acc=args.gradient_acc)
+    if not done.num_classes:
+        print(f"wrote {done.path}: the backbone of {args.src / 'model.pt'}, no class centres")
+        return 0
+    state = ", ".join(done.optimizer_state) or "none (starts fresh)"
+    print(
+        f"wrote {done.path}: step {done.step}, {done.num_classes} class centres of width "
+        f"{done.embedding_size} from {done.ranks} rank(s), their optimizer state: {state}"
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.direction == "arcface-torch":
+        return _run_arcface_torch(args)
     if args.direction == "mxnet2torch":
         done = mxnet_to_torch(args.prefix, args.epoch, args.out)
         target = str(done.path)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
-from torch.optim import Optimizer
 
-MAX_CHUNK_ELEMENTS = (
-    1 << 24
-)  # rows are updated in chunks of at most this many elements (64 MiB fp32)
+from partialfc.optim._rows import RowSparseOptimizer
 
 
-class SparseSGD(Optimizer):
+class SparseSGD(RowSparseOptimizer):
     """SGD for class centres whose gradients are sparse COO row sets.
 
     For every row present in the (coalesced) gradient, and only for those rows::
@@ -62,58 +59,6 @@ class SparseSGD(Optimizer):
         )
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self._state(p, group)
-                grad = p.grad
-                if grad.is_sparse:
-                    grad = grad.coalesce()
-                    rows, values = grad.indices()[0], grad.values()
-                    if rows.numel() == 0:
-                        continue
-                    if rows.numel() < p.shape[0]:
-                        self._update_rows(p, rows, values, state, group)
-                        continue
-                    grad = values  # every row present: coalesced rows are 0..n-1 in order
-                self._update_dense(p, grad, state, group)
-        return loss
-
-    @torch.no_grad()
-    def update_rows(
-        self, p: torch.Tensor, rows: torch.Tensor | slice, values: torch.Tensor
-    ) -> None:
-        """Apply this optimizer's step, now, to the rows ``rows`` of ``p`` whose gradient is
-        ``values`` (one row of values per row named): exactly what :meth:`step` does with a
-        sparse gradient holding those rows. ``rows`` is a sorted tensor of unique row numbers, or
-        a slice (updated in place on views). The fused head calls this from its backward, chunk
-        by chunk (:meth:`partialfc.PartialFC.fuse_update`), so the gradient is never stored.
-        """
-        group = self._group_of(p, "update_rows")
-        state = self._state(p, group)
-        if isinstance(rows, slice):
-            _update_slice(p, rows, values, state, group)
-        elif rows.numel():
-            self._update_rows(p, rows, values, state, group)
-
-    def init_state(self, p: torch.Tensor) -> dict:
-        """``p``'s state, created now if it has none (the buffers ``step`` would create), so that
-        a checkpoint can be saved before the first step or loaded into."""
-        return self._state(p, self._group_of(p, "init_state"))
-
-    def _group_of(self, p: torch.Tensor, caller: str) -> dict:
-        group = next((g for g in self.param_groups if any(q is p for q in g["params"])), None)
-        if group is None:
-            raise ValueError(f"{caller}: the tensor is not a parameter of this optimizer")
-        return group
-
     def _state(self, p: torch.Tensor, group: dict) -> dict:
         """``p``'s state, with its momentum buffer (and first-update flags) created if new."""
         state = self.state[p]
@@ -126,46 +71,21 @@ class SparseSGD(Optimizer):
                 state["row_seen"] = torch.zeros(rows, dtype=torch.bool, device=p.device)
         return state
 
-    def _update_rows(
-        self, p: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, state: dict, group: dict
+    def _row_state(self, state: dict) -> dict[str, torch.Tensor]:
+        return {k: state[k] for k in ("momentum_buffer", "row_seen") if k in state}
+
+    def _rule(
+        self,
+        param: torch.Tensor,
+        grad: torch.Tensor,
+        rows: dict[str, torch.Tensor],
+        state: dict,
+        group: dict,
     ) -> None:
-        """Gather, update and scatter back the listed rows, in chunks of bounded size."""
-        buf_all, seen_all = state.get("momentum_buffer"), state.get("row_seen")
-        chunk = max(1, MAX_CHUNK_ELEMENTS // max(1, values[0].numel()))
-        for lo in range(0, rows.numel(), chunk):
-            r = rows[lo : lo + chunk]
-            param = p.index_select(0, r)
-            buf = buf_all.index_select(0, r) if buf_all is not None else None
-            seen = seen_all.index_select(0, r) if seen_all is not None else None
-            _sgd_rule(param, values[lo : lo + chunk], buf, seen, group)
-            p.index_copy_(0, r, param)
-            if buf_all is not None:
-                buf_all.index_copy_(0, r, buf)
-            if seen_all is not None:
-                seen_all.index_fill_(0, r, True)
-
-    def _update_dense(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        """Update every row in place, on views of bounded size."""
-        buf_all, seen_all = state.get("momentum_buffer"), state.get("row_seen")
-        if p.dim() == 0:
-            _sgd_rule(p, grad, buf_all, seen_all, group)
-            if seen_all is not None:
-                seen_all.fill_(True)
-            return
-        chunk = max(1, MAX_CHUNK_ELEMENTS // max(1, p[0].numel()))
-        for lo in range(0, p.shape[0], chunk):
-            sl = slice(lo, lo + chunk)
-            _update_slice(p, sl, grad[sl], state, group)
-
-
-def _update_slice(p: torch.Tensor, sl: slice, grad: torch.Tensor, state: dict, group: dict) -> None:
-    """Update the rows ``sl`` of ``p`` (and their state) in place, on views."""
-    buf_all, seen_all = state.get("momentum_buffer"), state.get("row_seen")
-    buf = buf_all[sl] if buf_all is not None else None
-    seen = seen_all[sl] if seen_all is not None else None
-    _sgd_rule(p[sl], grad, buf, seen, group)
-    if seen is not None:
-        seen.fill_(True)
+        seen = rows.get("row_seen")
+        _sgd_rule(param, grad, rows.get("momentum_buffer"), seen, group)
+        if seen is not None:
+            seen.fill_(True)
 
 
 def _sgd_rule(

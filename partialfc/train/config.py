@@ -28,6 +28,7 @@ from partialfc import backbones, margins
 from partialfc.errors import ConfigError, UserFileError
 
 FUSED: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
+HEAD_INITS = ("random", "class_means")
 LOADERS = ("torch", "dali", "synthetic")
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -126,6 +127,13 @@ class ModelConfig:
     checkpoint_activations: bool | None = None
     """Recompute activations in backward to save memory; unset: the backbone's default (on for
     vit_b, vit_l, vit_h and r2060, as in arcface_torch; off for the others)."""
+    pretrained: str = ""
+    """Fine-tune from these backbone weights (a state_dict file, arcface_torch's model.pt or
+    backbone.pth, or a partialfc run folder), loaded strictly before the first step; ignored when
+    the run resumes from its own checkpoint."""
+    freeze_bn: bool = False
+    """BatchNorm layers keep their running statistics and normalise with them (eval mode) while
+    training; their scale and shift still train."""
 
     def __post_init__(self) -> None:
         known = backbones.list_backbones()
@@ -160,6 +168,9 @@ class HeadConfig:
     """Triton kernels that never store the logits: on, off, or auto (on with CUDA)."""
     fused_update: bool = False
     """The fused backward applies the centres' SGD update chunk by chunk: no dW is stored."""
+    init: str = "random"
+    """Starting centres: random, or class_means (the normalised mean embedding of each class
+    under the starting backbone, one pass over the data); not on resume."""
 
     def __post_init__(self) -> None:
         _check(
@@ -187,6 +198,11 @@ class HeadConfig:
             "head.fused_update",
             "needs head.fused = 'on' or 'auto' (the reference path stores dW)",
         )
+        _check(
+            self.init in HEAD_INITS,
+            "head.init",
+            f"must be one of {HEAD_INITS}, got {self.init!r}",
+        )
         if self.margin in margins.MARGINS:
             try:
                 self.build_margin()
@@ -207,17 +223,24 @@ class OptimConfig:
     """Optimizers and the learning-rate schedule (warmup, then polynomial decay to 0)."""
 
     name: str = "sgd"
-    """Backbone optimizer: sgd or adamw. The class centres always use SparseSGD."""
+    """Backbone optimizer: sgd or adamw; the class centres follow it (SparseSGD, SparseAdamW)
+    unless head_name is set."""
     lr: float = 0.1
     """Peak learning rate."""
     momentum: float = 0.9
-    """SGD momentum (backbone and centres)."""
+    """SGD momentum (backbone and centres, where they use sgd)."""
     weight_decay: float = 5e-4
     """L2 penalty (decoupled for adamw)."""
     warmup_steps: int = 0
     """Linear warmup from 0 to lr."""
     decay_power: float = 2.0
     """Polynomial decay exponent after warmup (insightface uses 2)."""
+    head_name: str | None = None
+    """Class-centre optimizer: sgd (SparseSGD) or adamw (SparseAdamW); unset: name."""
+    head_lr: float | None = None
+    """Peak learning rate of the class centres (same schedule); unset: lr."""
+    head_weight_decay: float | None = None
+    """Weight decay of the class centres; unset: weight_decay."""
 
     def __post_init__(self) -> None:
         _check(
@@ -232,6 +255,30 @@ class OptimConfig:
             self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}"
         )
         _check(self.decay_power >= 0, "optim.decay_power", f"must be >= 0, got {self.decay_power}")
+        _check(
+            self.head_name is None or self.head_name in OPTIMIZERS,
+            "optim.head_name",
+            f"must be one of {OPTIMIZERS}, got {self.head_name!r}",
+        )
+        _check(
+            self.head_lr is None or self.head_lr > 0,
+            "optim.head_lr",
+            f"must be > 0, got {self.head_lr}",
+        )
+        _check(
+            self.head_weight_decay is None or self.head_weight_decay >= 0,
+            "optim.head_weight_decay",
+            f"must be >= 0, got {self.head_weight_decay}",
+        )
+
+    def head_settings(self) -> tuple[str, float, float]:
+        """The class centres' (optimizer name, peak lr, weight decay): the head_* fields where set,
+        else the backbone's."""
+        return (
+            self.head_name if self.head_name is not None else self.name,
+            self.head_lr if self.head_lr is not None else self.lr,
+            self.head_weight_decay if self.head_weight_decay is not None else self.weight_decay,
+        )
 
 
 @dataclass(frozen=True)

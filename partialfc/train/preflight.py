@@ -23,7 +23,7 @@ from pathlib import Path
 
 from partialfc.errors import UserError
 from partialfc.train import checkpoint, lock
-from partialfc.train.config import Config
+from partialfc.train.config import Config, OptimConfig
 
 MAX_LISTED = 10  # bad records listed by data.verify before "... and N more"
 
@@ -101,6 +101,7 @@ def run_checks(
     _check_output_dir(pf, check_lock)
     _check_ports(pf, range(world_size) if local_ranks is None else local_ranks)
     _check_checkpoint(pf)
+    _check_pretrained(pf)
     return pf
 
 
@@ -301,9 +302,18 @@ def _check_checkpoint(pf: Preflight) -> None:
             mismatches.append(
                 ("embedding size", width, c.model.embedding_size, "model.embedding_size")
             )
+    # The centres' optimizer state is loaded in place: its entries must be those the config's
+    # optimizer creates (SparseSGD: momentum_buffer; SparseAdamW: exp_avg, exp_avg_sq, step).
+    have = sorted(k.removeprefix("head.weight.") for k in meta if k.startswith("head.weight."))
+    want = _centre_state_keys(c.optim)
+    if have != want:
+        mismatches.append(
+            ("class-centre optimizer state", have, want, "optim.head_name (or optim.name)")
+        )
     saved = _saved_config(path)
     for key, label in (
         ("model.backbone", "backbone"),
+        ("optim.name", "backbone optimizer"),
         ("head.margin", "margin"),
         ("data.global_batch_size", "global batch size (the data order)"),
         ("train.seed", "seed (the data order)"),
@@ -318,6 +328,22 @@ def _check_checkpoint(pf: Preflight) -> None:
             f"{key}: the checkpoint {path} has {label} {old!r}, the config {new!r}; use the "
             "checkpoint's value or a new train.output_dir"
         )
+
+
+def _check_pretrained(pf: Preflight) -> None:
+    """The weights to fine-tune from exist (their keys are checked when the trainer loads them);
+    a resumed run ignores them."""
+    path = pf.cfg.model.pretrained
+    if path and pf.resume_from is None and not Path(path).exists():
+        pf.problems.append(f"model.pretrained: {path} does not exist")
+
+
+def _centre_state_keys(o: OptimConfig) -> list[str]:
+    """The per-parameter state the trainer's class-centre optimizer keeps (see train.state)."""
+    name, _, _ = o.head_settings()
+    if name == "adamw":
+        return ["exp_avg", "exp_avg_sq", "step"]
+    return ["momentum_buffer"] if o.momentum != 0 else []
 
 
 def _saved_config(path: Path) -> dict:

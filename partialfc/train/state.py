@@ -1,4 +1,4 @@
-"""The head's checkpoint entries: row-sharded centres and momentum, plus its counters.
+"""The head's checkpoint entries: row-sharded centres and optimizer state, plus its counters.
 
 ``head_state`` returns entries that wrap the *live* tensors (no copies): DCP saves them from there,
 and loads into them in place, each rank reading exactly the rows it owns under the current world
@@ -12,12 +12,12 @@ from typing import Any
 import torch
 
 from partialfc.heads import PartialFC
-from partialfc.optim import SparseSGD
+from partialfc.optim import RowSparseOptimizer
 from partialfc.train.checkpoint import row_sharded
 
 
 def head_state(
-    head: PartialFC, optimizer: SparseSGD | None = None, prefix: str = "head"
+    head: PartialFC, optimizer: RowSparseOptimizer | None = None, prefix: str = "head"
 ) -> dict[str, Any]:
     """Checkpoint entries of ``head`` (and of ``optimizer``'s state for its parameters)."""
 
@@ -35,15 +35,15 @@ def head_state(
         for name, param in (("weight", head.weight), ("bias", head.bias)):
             if param is None:
                 continue
-            # The momentum exists before the first step, so that it can be saved or loaded into.
+            # The state exists before the first step, so that it can be saved or loaded into.
             optimizer.init_state(param)
             for key, value in optimizer.state[param].items():
-                if (
-                    isinstance(value, torch.Tensor)
-                    and value.dim() >= 1
-                    and value.shape[0] == head.num_local
-                ):
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if value.dim() >= 1 and value.shape[0] == head.num_local:
                     state[f"{prefix}.{name}.{key}"] = sharded(value)
+                elif value.dim() == 0:  # SparseAdamW's step count: the same on every rank
+                    state[f"{prefix}.{name}.{key}"] = value
     return state
 
 

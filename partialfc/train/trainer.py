@@ -32,7 +32,12 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.nn.parallel import DistributedDataParallel
 
 from partialfc import backbones
-from partialfc.distributed import all_reduce_max, broadcast_buffers, use_global_loss_gradients
+from partialfc.distributed import (
+    all_gather_no_grad,
+    all_reduce_max,
+    broadcast_buffers,
+    use_global_loss_gradients,
+)
 from partialfc.errors import UserError
 from partialfc.heads import PartialFC
 from partialfc.metrics import (
@@ -43,9 +48,9 @@ from partialfc.metrics import (
     PrometheusSink,
     StallWatch,
 )
-from partialfc.optim import SparseSGD
+from partialfc.optim import RowSparseOptimizer, SparseAdamW, SparseSGD
 from partialfc.seeding import mix_seed
-from partialfc.train import checkpoint
+from partialfc.train import checkpoint, finetune
 from partialfc.train.config import Config
 from partialfc.train.data import build_loader, load_loader_state, loader_files
 from partialfc.train.evaluation import EvalMetrics, evaluate_sets
@@ -87,6 +92,8 @@ class Trainer:
             checkpoint_activations=cfg.model.checkpoint_activations,
         ).to(rt.device)
         self.backbone = model
+        if cfg.model.freeze_bn and not finetune.freeze_batchnorm(model) and rt.is_main:
+            print(f"warning: model.freeze_bn: {cfg.model.backbone} has no BatchNorm", flush=True)
         # A skipped (non-finite) step must leave no trace, but its forward already moved the
         # BatchNorm running statistics: they are copied before each step and put back.
         self._buffers = [b for b in model.buffers()]
@@ -122,9 +129,19 @@ class Trainer:
                 model.parameters(), lr=o.lr, weight_decay=o.weight_decay
             )
         head_params = [p for p in (self.head.weight, self.head.bias) if p is not None]
-        self.opt_head = SparseSGD(
-            head_params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
-        )
+        head_name, head_lr, head_wd = o.head_settings()
+        if head_name == "sgd":
+            self.opt_head: RowSparseOptimizer = SparseSGD(
+                head_params, lr=head_lr, momentum=o.momentum, weight_decay=head_wd
+            )
+        else:
+            self.opt_head = SparseAdamW(head_params, lr=head_lr, weight_decay=head_wd)
+        if rt.is_main:  # the settings in effect, defaults included (the schedule scales lr)
+            print(
+                f"optimizers: backbone {_describe(self.opt_backbone)}; "
+                f"class centres {_describe(self.opt_head)}",
+                flush=True,
+            )
         if cfg.head.fused_update:  # the fused backward updates the centres: no dW is stored
             self.head.fuse_update(self.opt_head)
         # One scaler for both optimizers: one loss scale, each optimizer skips on its own infs.
@@ -198,7 +215,9 @@ class Trainer:
             *((f"optim.head.{i}", t) for i, t in enumerate(_state_tensors(self.opt_head))),
         ]
         named = [(n, t) for n, t in named if t.is_floating_point()]
-        flags = torch.stack([_has_nonfinite(t.detach()) for _, t in named]).float()
+        # .to: the AdamW step counts are CPU scalars (torch's and SparseAdamW's) beside CUDA state
+        flags = torch.stack([_has_nonfinite(t.detach()).to(self.rt.device) for _, t in named])
+        flags = flags.float()
         flags = all_reduce_max(flags).tolist()  # the centres differ per rank: one verdict
         return [n for (n, _), bad in zip(named, flags, strict=True) if bad]
 
@@ -279,6 +298,26 @@ class Trainer:
             print(f"resumed from {path} at step {self.step}{note}", flush=True)
         return True
 
+    def start_fresh(self) -> None:
+        """Before the first step of a new run (never on resume): the pretrained backbone, then
+        the centres' initialisation (``head.init``) under it."""
+        cfg, rt = self.cfg, self.rt
+        if cfg.model.pretrained:
+            finetune.load_pretrained(self.backbone, cfg.model.pretrained)  # every rank: the same
+            if rt.is_main:
+                print(f"backbone weights from {cfg.model.pretrained}", flush=True)
+        if cfg.head.init == "class_means":
+            loader = build_loader(cfg, rt)  # its own pass: the training order stays as it was
+            try:
+                count = finetune.init_class_means(self.backbone, loader, self.head, rt.device)
+            finally:
+                loader.close()
+            total = int(all_gather_no_grad(torch.tensor([count], device=rt.device)).sum())
+            if rt.is_main:
+                print(
+                    f"class centres: {total} of {self.num_classes} set to class means", flush=True
+                )
+
     # ------------------------------------------------------------------ the loop
 
     def _batches(self):
@@ -290,12 +329,14 @@ class Trainer:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One optimizer step on this rank's part of the global batch; returns the loss (tensor)."""
         cfg, rt = self.cfg, self.rt
-        lr = learning_rate(
-            self.step, cfg.optim.lr, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power
-        )
-        for opt in (self.opt_backbone, self.opt_head):
+        _, head_lr, _ = cfg.optim.head_settings()
+        for opt, peak in ((self.opt_backbone, cfg.optim.lr), (self.opt_head, head_lr)):
+            opt_lr = learning_rate(
+                self.step, peak, self.total_steps, cfg.optim.warmup_steps, cfg.optim.decay_power
+            )
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = opt_lr
+        lr = self.opt_backbone.param_groups[0]["lr"]
         amp = AMP_DTYPES.get(cfg.train.precision)
         k = cfg.train.grad_accum
         micro = images.shape[0] // k
@@ -370,7 +411,8 @@ class Trainer:
         """
         cfg, rt = self.cfg, self.rt
         self._install_signal_handlers()
-        self.resume()
+        if not self.resume():
+            self.start_fresh()
         progress = _Progress(
             self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every
         )
@@ -508,6 +550,14 @@ def _has_nonfinite(t: torch.Tensor, chunk: int = 1 << 24) -> torch.Tensor:
 
 def _state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for state in opt.state.values() for v in state.values() if torch.is_tensor(v)]
+
+
+def _describe(opt: torch.optim.Optimizer) -> str:
+    """``Name(lr=..., ...)``: an optimizer's hyper-parameters as its first group holds them."""
+    keys = ("lr", "momentum", "dampening", "nesterov", "betas", "eps", "weight_decay")
+    group = opt.param_groups[0]
+    args = ", ".join(f"{k}={group[k]}" for k in keys if k in group)
+    return f"{type(opt).__name__}({args})"
 
 
 def _rng_state() -> dict[str, Any]:

@@ -30,7 +30,7 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _setup(rate: float = 1.0) -> tuple[pfc.PartialFC, pfc.SparseSGD]:
+def _setup(rate: float = 1.0, optimizer: str = "sgd") -> tuple[pfc.PartialFC, pfc.SparseSGD]:
     head = pfc.PartialFC(
         pfc.SphereFace(m=2, base=10.0, lambda_min=0.5),
         D,
@@ -39,6 +39,8 @@ def _setup(rate: float = 1.0) -> tuple[pfc.PartialFC, pfc.SparseSGD]:
         dtype=torch.float64,
         seed=3,
     )
+    if optimizer == "adamw":
+        return head, pfc.SparseAdamW([head.weight], lr=0.05, betas=(0.8, 0.9), weight_decay=0.1)
     opt = pfc.SparseSGD([head.weight], lr=0.3, momentum=0.9, dampening=0.1, weight_decay=1e-3)
     return head, opt
 
@@ -56,16 +58,16 @@ def _train(head, opt, steps, rank, world) -> list[float]:
     return losses
 
 
-def _first_part(rank: int, world: int, out: str, rate: float) -> None:
-    head, opt = _setup(rate)
+def _first_part(rank: int, world: int, out: str, rate: float, optimizer: str = "sgd") -> None:
+    head, opt = _setup(rate, optimizer)
     losses = _train(head, opt, range(SPLIT), rank, world)
     checkpoint.save(head_state(head, opt), out, step=SPLIT)
     if rank == 0:
         Path(out, "losses.json").write_text(json.dumps(losses))
 
 
-def _second_part(rank: int, world: int, out: str, rate: float) -> None:
-    head, opt = _setup(rate)
+def _second_part(rank: int, world: int, out: str, rate: float, optimizer: str = "sgd") -> None:
+    head, opt = _setup(rate, optimizer)
     state = head_state(head, opt)
     checkpoint.load(state, checkpoint.latest_checkpoint(out))
     restore_head_state(head, state)
@@ -76,22 +78,26 @@ def _second_part(rank: int, world: int, out: str, rate: float) -> None:
         Path(out, f"resumed-{world}.json").write_text(json.dumps(losses))
 
 
-def _uninterrupted(rank: int, world: int, out: str, rate: float) -> None:
-    head, opt = _setup(rate)
+def _uninterrupted(rank: int, world: int, out: str, rate: float, optimizer: str = "sgd") -> None:
+    head, opt = _setup(rate, optimizer)
     losses = _train(head, opt, range(STEPS), rank, world)
     checkpoint.save(head_state(head, opt), out, step=STEPS)
     if rank == 0:
         Path(out, "straight.json").write_text(json.dumps(losses))
 
 
-@pytest.mark.parametrize("resume_world", [2, 3, 1])
-def test_resume_on_any_world_size_continues_exactly(tmp_path: Path, resume_world: int) -> None:
+@pytest.mark.parametrize(
+    ("resume_world", "optimizer"), [(2, "sgd"), (3, "sgd"), (1, "sgd"), (3, "adamw")]
+)
+def test_resume_on_any_world_size_continues_exactly(
+    tmp_path: Path, resume_world: int, optimizer: str
+) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_ranks(_uninterrupted, 2, str(straight), 1.0)
-    run_ranks(_first_part, 2, str(split), 1.0)
+    run_ranks(_uninterrupted, 2, str(straight), 1.0, optimizer)
+    run_ranks(_first_part, 2, str(split), 1.0, optimizer)
     saved = checkpoint.read_class_centers(split)
     assert saved.shape == (C, D)
-    run_ranks(_second_part, resume_world, str(split), 1.0)
+    run_ranks(_second_part, resume_world, str(split), 1.0, optimizer)
 
     expected = json.loads((straight / "straight.json").read_text())
     got = json.loads((split / "losses.json").read_text()) + json.loads(
@@ -109,28 +115,34 @@ def test_resume_on_any_world_size_continues_exactly(tmp_path: Path, resume_world
     )
 
 
-def _reshard_only(rank: int, world: int, src: str, dst: str) -> None:
-    head, opt = _setup(0.5)
+def _reshard_only(rank: int, world: int, src: str, dst: str, optimizer: str = "sgd") -> None:
+    head, opt = _setup(0.5, optimizer)
     state = head_state(head, opt)
     checkpoint.load(state, src)
     restore_head_state(head, state)
     checkpoint.save(head_state(head, opt), dst, step=head.step)
 
 
-def test_moving_between_world_sizes_leaves_the_centres_unchanged(tmp_path: Path) -> None:
-    run_ranks(_first_part, 2, str(tmp_path / "a"), 0.5)  # sampled: momentum only on some rows
+@pytest.mark.parametrize(
+    ("optimizer", "keys"),
+    [("sgd", ["momentum_buffer"]), ("adamw", ["exp_avg", "exp_avg_sq"])],
+)
+def test_moving_between_world_sizes_leaves_the_centres_unchanged(
+    tmp_path: Path, optimizer: str, keys: list[str]
+) -> None:
+    # sampled: each step updates some rows only
+    run_ranks(_first_part, 2, str(tmp_path / "a"), 0.5, optimizer)
     before = checkpoint.read_class_centers(tmp_path / "a")
     src = checkpoint.latest_checkpoint(tmp_path / "a")
-    run_ranks(_reshard_only, 3, str(src), str(tmp_path / "b"))
-    run_ranks(
-        _reshard_only, 1, str(checkpoint.latest_checkpoint(tmp_path / "b")), str(tmp_path / "c")
-    )
+    run_ranks(_reshard_only, 3, str(src), str(tmp_path / "b"), optimizer)
+    b = checkpoint.latest_checkpoint(tmp_path / "b")
+    run_ranks(_reshard_only, 1, str(b), str(tmp_path / "c"), optimizer)
     for moved in ("b", "c"):
         assert torch.equal(checkpoint.read_class_centers(tmp_path / moved), before)
-        assert torch.equal(
-            checkpoint.read_class_centers(tmp_path / moved, key="head.weight.momentum_buffer"),
-            checkpoint.read_class_centers(tmp_path / "a", key="head.weight.momentum_buffer"),
-        )
+        for key in keys:
+            got = checkpoint.read_class_centers(tmp_path / moved, key=f"head.weight.{key}")
+            want = checkpoint.read_class_centers(tmp_path / "a", key=f"head.weight.{key}")
+            assert torch.equal(got, want), key
 
 
 def test_single_process_checkpoint_and_atomicity(tmp_path: Path) -> None:

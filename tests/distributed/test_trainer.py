@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import shutil
@@ -16,6 +18,7 @@ from partialfc.export import load_backbone
 from partialfc.train import checkpoint
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
+from partialfc.train.schedule import learning_rate
 from partialfc.train.trainer import Trainer
 from tests.distributed.harness import run_ranks
 from tests.runlog import losses
@@ -175,9 +178,12 @@ def test_resume_from_any_checkpoint_continues_bit_for_bit(dataset: Path, tmp_pat
 def _fit_and_fingerprint(rank: int, world: int, cfg: dict) -> None:
     """Train, then record this rank's backbone parameters (float64 sums) for comparison."""
     torch.set_num_threads(1)
-    trainer = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu")))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        trainer = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu")))
     trainer.fit()
     prints = {n: float(p.detach().double().sum()) for n, p in trainer.backbone.named_parameters()}
+    prints["stdout"] = [line for line in printed.getvalue().splitlines() if "optimizers" in line]
     out = Path(cfg["train"]["output_dir"])
     (out / f"fingerprint-{rank}.json").write_text(json.dumps(prints))
 
@@ -194,6 +200,7 @@ def test_a_vit_trains_with_adamw_on_two_ranks(dataset: Path, tmp_path: Path) -> 
     steps = losses(out)
     assert len(steps) == 2 and all(map(math.isfinite, steps))
     ranks = [json.loads((out / f"fingerprint-{r}.json").read_text()) for r in (0, 1)]
+    stdout = [r.pop("stdout") for r in ranks]
     assert ranks[0] == ranks[1], "DDP kept the two ranks' backbones equal"
     before, _ = load_backbone(checkpoint.checkpoint_dir(out, 1))
     after, cfg_saved = load_backbone(checkpoint.checkpoint_dir(out, 2))
@@ -202,3 +209,18 @@ def test_a_vit_trains_with_adamw_on_two_ranks(dataset: Path, tmp_path: Path) -> 
     for name, p in after.named_parameters():
         assert not torch.equal(p, old[name]), f"{name} did not move in the last step"
         assert ranks[0][name] == pytest.approx(float(p.detach().double().sum()), rel=1e-12), name
+    adamw = "(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1)"
+    assert stdout[0] == [f"optimizers: backbone AdamW{adamw}; class centres SparseAdamW{adamw}"]
+    assert stdout[1] == [], "rank 0 alone prints"
+    # The centres follow optim.name (SparseAdamW). Every row is used (sample_rate 1), so step 2's
+    # centres are AdamW's update at t = 2 of step 1's, with step 2's moments.
+    one, two = checkpoint.checkpoint_dir(out, 1), checkpoint.checkpoint_dir(out, 2)
+    w1, w2 = checkpoint.read_class_centers(one), checkpoint.read_class_centers(two)
+    m, v = (
+        checkpoint.read_class_centers(two, f"head.weight.{k}") for k in ("exp_avg", "exp_avg_sq")
+    )
+    assert float(checkpoint.read_class_centers(two, "head.weight.step")) == 2.0
+    lr = learning_rate(1, 1e-3, 2, warmup_steps=1)
+    want = w1 * (1 - lr * 0.1) - lr / (1 - 0.9**2) * m / ((v / (1 - 0.999**2)).sqrt() + 1e-8)
+    assert_close(w2, want, rtol=1e-5, atol=1e-7)
+    assert float((w2 - w1).abs().amax()) > 0.5 * lr, "Adam steps are about lr per element"

@@ -144,6 +144,12 @@ def test_missing_dataset_files(data, tmp_path) -> None:
     _assert_user_error(_check(tmp_path / "nowhere", tmp_path / "run"), "does not exist")
 
 
+def test_missing_pretrained_weights(data, tmp_path) -> None:
+    missing = tmp_path / "backbone.pth"
+    result = _check(data, tmp_path / "run", f"--model.pretrained={missing}")
+    _assert_user_error(result, f"model.pretrained: {missing} does not exist")
+
+
 def test_data_verify_decodes_every_record(data, tmp_path) -> None:
     copy = _copy(data, tmp_path)
     rec = bytearray((copy / "train.rec").read_bytes())
@@ -172,6 +178,16 @@ def test_resuming_with_another_shape_names_both_values_and_the_checkpoint(data, 
     _assert_user_error(run, "model.embedding_size: the checkpoint")
     ok = _check(data, out, "--train.max_steps=6")
     assert ok.returncode == 0 and f"resumes {ckpt} at step 3" in ok.stdout, ok.stderr
+    # Another optimizer: its state has other entries than the checkpoint's (centres, backbone).
+    result = _check(data, out, "--optim.name=adamw")
+    _assert_user_error(
+        result,
+        f"optim.head_name (or optim.name): the checkpoint {ckpt} has class-centre optimizer state "
+        "['momentum_buffer'], the config ['exp_avg', 'exp_avg_sq', 'step']",
+        f"optim.name: the checkpoint {ckpt} has backbone optimizer 'sgd', the config 'adamw'",
+    )
+    ok = _check(data, out, "--optim.name=sgd", "--optim.head_name=sgd", "--optim.head_lr=0.5")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_the_launcher_checks_before_torchrun_spawns_anything(data, tmp_path) -> None:

@@ -1,6 +1,7 @@
-"""``PartialFC.fuse_update``: the fused backward applies SparseSGD to each chunk of dW rows.
+"""``PartialFC.fuse_update``: the fused backward applies SparseSGD or SparseAdamW to each chunk
+of dW rows.
 
-The claim: the centres and their momentum end exactly where ``backward(); step()`` puts them,
+The claim: the centres and their optimizer state end exactly where ``backward(); step()`` puts them,
 step after step, while the step never holds the (N, D) values of the sparse gradient. Without
 CUDA the kernels run in Triton's interpreter, whose class chunks are 32 rows: C = 75 gives three
 chunks, the last one ragged.
@@ -25,16 +26,19 @@ pytestmark = pytest.mark.skipif(
 B, D, C = 37, 40, 75
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 OPTIMIZERS = {
-    "momentum_wd": dict(lr=0.5, momentum=0.9, weight_decay=5e-2),
-    "nesterov": dict(lr=0.3, momentum=0.8, nesterov=True),
-    "dampening": dict(lr=0.3, momentum=0.9, dampening=0.5, weight_decay=1e-2),
-    "plain": dict(lr=0.7),
+    "momentum_wd": (pfc.SparseSGD, dict(lr=0.5, momentum=0.9, weight_decay=5e-2)),
+    "nesterov": (pfc.SparseSGD, dict(lr=0.3, momentum=0.8, nesterov=True)),
+    "dampening": (pfc.SparseSGD, dict(lr=0.3, momentum=0.9, dampening=0.5, weight_decay=1e-2)),
+    "plain": (pfc.SparseSGD, dict(lr=0.7)),
+    # AdamW's step count: the chunks of one backward are one step (three chunks here)
+    "adamw": (pfc.SparseAdamW, dict(lr=0.05, betas=(0.8, 0.9), weight_decay=0.1)),
 }
 
 
-def _pair(name: str, rate: float, opt_kw: dict, classes: int = C, dim: int = D):
+def _pair(name: str, rate: float, optimizer: tuple, classes: int = C, dim: int = D):
     """Two identical fused heads with their optimizers; the second updates inside backward."""
     factory, _ = CASES[name]
+    opt_class, opt_kw = optimizer
     heads, opts = [], []
     for _ in range(2):
         head = pfc.PartialFC(
@@ -43,7 +47,7 @@ def _pair(name: str, rate: float, opt_kw: dict, classes: int = C, dim: int = D):
         )  # fmt: skip
         params = [p for p in (head.weight, head.bias) if p is not None]
         heads.append(head)
-        opts.append(pfc.SparseSGD(params, **opt_kw))
+        opts.append(opt_class(params, **opt_kw))
     heads[1].fuse_update(opts[1])
     return heads, opts
 

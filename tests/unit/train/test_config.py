@@ -85,8 +85,26 @@ def test_arcface_torch_backbone_names_are_accepted(tmp_path, name) -> None:
 
 
 @pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ([], ("sgd", 0.1, 5e-4)),
+        (["--optim.name", "adamw", "--optim.lr", "1e-3"], ("adamw", 1e-3, 5e-4)),
+        (["--optim.name", "adamw", "--optim.head_name", "sgd"], ("sgd", 0.1, 5e-4)),
+        (["--optim.head_lr", "0.3", "--optim.head_weight_decay", "0"], ("sgd", 0.3, 0.0)),
+    ],
+)
+def test_the_centres_follow_the_backbone_optimizer_unless_told(tmp_path, overrides, expected):
+    cfg = Config.load(_write(tmp_path), overrides)
+    assert cfg.optim.head_settings() == expected
+    assert Config.from_dict(cfg.to_dict()) == cfg, "config.json keeps the head_* fields"
+
+
+@pytest.mark.parametrize(
     "overrides,match",
     [
+        (["--optim.head_name", "adam"], r"optim\.head_name: must be one of \('sgd', 'adamw'\)"),
+        (["--optim.head_lr", "0"], r"optim\.head_lr: must be > 0"),
+        (["--optim.head_weight_decay", "-1"], r"optim\.head_weight_decay: must be >= 0"),
         (["--head.margin", "bogus"], r"head\.margin: must be one of"),
         (["--head.sample_rate", "0"], r"head\.sample_rate: must be in \(0, 1\]"),
         (["--train.precision", "fp8"], r"train\.precision"),
