@@ -3,7 +3,14 @@
 This package (and the trainer) are the only places that touch ``torch.distributed``.
 """
 
-from partialfc.distributed._groups import backend, is_distributed, rank, shard_range, world_size
+from partialfc.distributed._groups import (
+    backend,
+    is_distributed,
+    leave_together,
+    rank,
+    shard_range,
+    world_size,
+)
 from partialfc.distributed.collectives import (
     all_gather_no_grad,
     all_gather_with_grad,
@@ -26,6 +33,7 @@ __all__ = [
     "broadcast_buffers",
     "combine_softmax_stats",
     "is_distributed",
+    "leave_together",
     "rank",
     "shard_range",
     "sum_gradients_hook",

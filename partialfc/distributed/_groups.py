@@ -7,6 +7,8 @@ the maths of the heads runs unchanged in a plain Python process.
 
 from __future__ import annotations
 
+import datetime
+
 import torch.distributed as dist
 
 
@@ -59,3 +61,28 @@ def shard_range(num_classes: int, world_size: int, rank: int) -> tuple[int, int]
     start = rank * base + min(rank, extra)
     count = base + (1 if rank < extra else 0)
     return start, count
+
+
+def leave_together(timeout_s: float = 600.0) -> None:
+    """Returns once every rank of the default group has called it: the last step of a run that
+    succeeded, before ``destroy_process_group``.
+
+    A rank that exits, closing its sockets, while a peer is still finishing the last collective
+    (its final send, or reading the last bytes) makes that peer fail after a run that succeeded:
+    gloo's "Connection reset by peer", or its abort from a background thread. The meeting goes
+    through the group's store, not through a collective, so it ends with no message of the
+    backend's left in flight. Rank 0 returns last: when it hosts the store (plain ``env://``),
+    its exit ends the store, so it waits until every other rank is past its last store call.
+    Not for error paths: there, failing fast beats waiting for a peer that may never come.
+    """
+    if not is_distributed():
+        return
+    store = dist.distributed_c10d._get_default_store()  # no public accessor
+    me, world = dist.get_rank(), dist.get_world_size()
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store.set(f"partialfc/leave/{me}", "1")
+    store.wait([f"partialfc/leave/{r}" for r in range(world)], timeout)
+    if me:
+        store.set(f"partialfc/left/{me}", "1")
+    else:
+        store.wait([f"partialfc/left/{r}" for r in range(1, world)], timeout)

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from partialfc.distributed._groups import leave_together
+
 
 def _entry(
     rank: int, fn: Callable[..., Any], world: int, store_path: str, threads: int, args: tuple
@@ -30,7 +32,7 @@ def _entry(
     )
     try:
         fn(rank, world, *args)
-        dist.barrier()
+        leave_together()
     finally:
         dist.destroy_process_group()
 

@@ -95,6 +95,7 @@ def _main(argv: list[str]) -> int:
 
 
 def _train(cfg: Config) -> int:
+    from partialfc.distributed import leave_together
     from partialfc.train.lock import hold_run_lock
     from partialfc.train.runtime import init_runtime, shutdown
     from partialfc.train.trainer import Trainer
@@ -103,6 +104,7 @@ def _train(cfg: Config) -> int:
     try:
         with hold_run_lock(cfg.train.output_dir, rt):
             result = Trainer(cfg, rt).fit()
+        leave_together()  # no rank closes its sockets while a peer finishes the last collective
     finally:
         shutdown()
     if rt.is_main:
