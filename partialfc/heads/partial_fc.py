@@ -51,6 +51,8 @@ class PartialFC(nn.Module):
         embedding_size: width D of the embeddings.
         num_classes: total number of classes C over all ranks.
         sample_rate: fraction of this rank's classes scored per step; positives are always kept.
+            The attribute may change between forwards (a schedule): each forward reads it, and
+            its negatives depend only on (seed, forward count, rank) and that rate.
         process_group: the ranks sharing the head; None: the default group, or this process alone
             when torch.distributed is not initialised.
         seed: seeds the centres' initialisation and the sampling of negatives.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import itertools
 import sys
 import types
 import typing
@@ -26,6 +27,7 @@ else:  # pragma: no cover - Python 3.10
 
 from partialfc import backbones, margins
 from partialfc.errors import ConfigError, UserFileError
+from partialfc.train.schedule import piecewise_constant
 
 FUSED: dict[str, bool | str] = {"off": False, "on": True, "auto": "auto"}
 HEAD_INITS = ("random", "class_means")
@@ -162,6 +164,9 @@ class HeadConfig:
     absent ones keep the class's defaults (cosface: s = 64, m = 0.4)."""
     sample_rate: float = 1.0
     """Fraction of each rank's classes scored per step (Partial FC)."""
+    sample_rate_schedule: list[list[float]] = field(default_factory=list)
+    """``[[step, rate], ...]``: from optimizer step ``step`` on the rate is ``rate`` (steps rising
+    from 0; LVFace trains sampled, then full); replaces sample_rate, which must then stay 1.0."""
     interclass_filtering_threshold: float = 0.0
     """Zero non-target cosines above this (0 disables)."""
     fused: str = "off"
@@ -183,6 +188,8 @@ class HeadConfig:
             "head.sample_rate",
             f"must be in (0, 1], got {self.sample_rate}",
         )
+        if self.sample_rate_schedule:
+            self._check_sample_rate_schedule()
         _check(
             self.interclass_filtering_threshold >= 0,
             "head.interclass_filtering_threshold",
@@ -208,6 +215,38 @@ class HeadConfig:
                 self.build_margin()
             except ValueError as err:
                 _check(False, "head.margin_args", str(err))
+
+    def _check_sample_rate_schedule(self) -> None:
+        name, schedule = "head.sample_rate_schedule", self.sample_rate_schedule
+        pairs = all(isinstance(p, list) and len(p) == 2 for p in schedule)
+        _check(pairs, name, f"must be a list of [step, rate] pairs, got {schedule!r}")
+        if not pairs:
+            return
+        steps, rates = [p[0] for p in schedule], [p[1] for p in schedule]
+        _check(
+            all(isinstance(s, int) for s in steps) and steps[0] == 0,
+            name,
+            f"steps must be integers starting at 0, got {steps}",
+        )
+        _check(
+            all(a < b for a, b in itertools.pairwise(steps)),
+            name,
+            f"steps must be strictly increasing, got {steps}",
+        )
+        _check(all(0.0 < r <= 1.0 for r in rates), name, f"rates must be in (0, 1], got {rates}")
+        _check(
+            self.sample_rate == 1.0,
+            name,
+            f"replaces head.sample_rate ({self.sample_rate}): set one of them (the schedule's "
+            "first pair is the starting rate)",
+        )
+
+    def sample_rate_at(self, step: int) -> float:
+        """The head's sample rate for optimizer step ``step`` (0-based): the schedule's value
+        there, or ``sample_rate`` without a schedule."""
+        if not self.sample_rate_schedule:
+            return self.sample_rate
+        return piecewise_constant(self.sample_rate_schedule, step)
 
     def fused_option(self) -> bool | str:
         """``PartialFC(fused=...)`` for this section."""
@@ -597,6 +636,11 @@ def _matches(value: Any, hint: Any) -> bool:
 def _describe(hint: Any) -> str:
     if _is_table(hint):
         return "a table"
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if typing.get_origin(item) is list:
+            return f"a list of lists of {_describe(typing.get_args(item)[0])}"
+        return f"a list of {_describe(item)}"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -618,6 +662,12 @@ def _parse(text: str, hint: Any, name: str) -> Any:
         if hint is float:
             return float(text)
         if typing.get_origin(hint) is list:
+            if typing.get_origin(typing.get_args(hint)[0]) is list:
+                # A list of lists (head.sample_rate_schedule): TOML's own notation, "[[0, 0.1]]".
+                value = _parse_literal(text)
+                if not isinstance(value, list):
+                    raise ValueError(text)
+                return value
             return [v for v in text.split(",") if v]
         return text
     except ValueError:

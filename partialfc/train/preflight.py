@@ -65,7 +65,12 @@ class Preflight:
             [
                 f"data:    {data}",
                 f"model:   {c.model.backbone}, embedding {c.model.embedding_size}, head "
-                f"{c.head.margin} over {self.num_classes} classes, sample_rate {c.head.sample_rate}",
+                f"{c.head.margin} over {self.num_classes} classes, "
+                + (
+                    f"sample_rate_schedule {c.head.sample_rate_schedule}"
+                    if c.head.sample_rate_schedule
+                    else f"sample_rate {c.head.sample_rate}"
+                ),
                 f"steps:   {self.total_steps} of {c.data.global_batch_size} images on "
                 f"{self.world_size} rank(s), warmup {c.optim.warmup_steps}, lr {c.optim.lr}, "
                 f"{c.train.precision}",

@@ -1,6 +1,9 @@
-"""Learning-rate schedule: linear warmup, then polynomial decay to zero (insightface's PolyScheduler)."""
+"""Schedules over optimizer steps: the learning rate (linear warmup, then polynomial decay to zero,
+insightface's PolyScheduler) and piecewise-constant values such as the head's sample rate."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 def learning_rate(
@@ -22,3 +25,20 @@ def learning_rate(
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     return base_lr * max(0.0, 1.0 - progress) ** power
+
+
+def piecewise_constant(schedule: Sequence[Sequence[float]], step: int) -> float:
+    """The value of optimizer step ``step`` (0-based) under ``[[s0, v0], [s1, v1], ...]``: from
+    step ``s_i`` on it is ``v_i``. A pure function of the step, so a resumed run needs no state.
+
+    Raises:
+        ValueError: the schedule is empty or does not start at step 0.
+    """
+    if not schedule or schedule[0][0] != 0:
+        raise ValueError(f"a schedule must start at step 0, got {list(schedule)}")
+    value = schedule[0][1]
+    for start, v in schedule:
+        if start > step:
+            break
+        value = v
+    return float(value)

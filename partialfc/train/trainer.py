@@ -109,7 +109,7 @@ class Trainer:
             cfg.head.build_margin(),
             cfg.model.embedding_size,
             self.num_classes,
-            sample_rate=cfg.head.sample_rate,
+            sample_rate=cfg.head.sample_rate_at(0),  # train_step sets each step's (a schedule)
             seed=cfg.train.seed,
             interclass_filtering_threshold=cfg.head.interclass_filtering_threshold,
             device=rt.device,
@@ -337,6 +337,9 @@ class Trainer:
             for group in opt.param_groups:
                 group["lr"] = opt_lr
         lr = self.opt_backbone.param_groups[0]["lr"]
+        # A pure function of the step: a resumed run continues the schedule with nothing stored,
+        # and the negatives stay those of (seed, head.step, rank), drawn at this step's rate.
+        self.head.sample_rate = cfg.head.sample_rate_at(self.step)
         amp = AMP_DTYPES.get(cfg.train.precision)
         k = cfg.train.grad_accum
         micro = images.shape[0] // k
@@ -399,6 +402,7 @@ class Trainer:
         self.step += 1
         return total, {
             "lr": lr,
+            "sample_rate": self.head.sample_rate,
             "grad_norm": grad_norm,
             **{f"time/{k_}": v for k_, v in times.items()},
         }

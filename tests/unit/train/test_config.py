@@ -203,3 +203,44 @@ def test_a_saved_config_with_flat_margin_keys_reads_as_the_margin_it_trained() -
     assert isinstance(margin, pfc.CosFace) and (margin.scale, margin.m3) == (30.0, 0.35)
     sphere = {**saved, "head": {"margin": "sphereface", "m1": 2.7}}
     assert Config.from_saved(sphere).head.build_margin().m == 2
+
+
+def test_a_sample_rate_schedule_is_piecewise_constant_over_steps(tmp_path) -> None:
+    text = TOML.replace("sample_rate = 0.2\n", "sample_rate_schedule = [[0, 0.1], [200000, 1.0]]\n")
+    cfg = Config.load(_write(tmp_path, text))
+    assert cfg.head.sample_rate_schedule == [[0, 0.1], [200000, 1.0]]
+    rates = [cfg.head.sample_rate_at(s) for s in (0, 1, 199_999, 200_000, 10**7)]
+    assert rates == [0.1, 0.1, 0.1, 1.0, 1.0]
+    cli = Config.load(_write(tmp_path), ["--head.sample_rate", "1", "--head.sample_rate_schedule", "[[0, 0.3], [5, 0.6]]"])  # fmt: skip
+    assert [cli.head.sample_rate_at(s) for s in (4, 5)] == [0.3, 0.6]
+    falling = Config.load(_write(tmp_path), ["--head.sample_rate=1", "--head.sample_rate_schedule=[[0, 1.0], [3, 0.5]]"])  # fmt: skip
+    assert falling.head.sample_rate_at(3) == 0.5, "a rate may also fall"
+    assert Config.load(_write(tmp_path)).head.sample_rate_at(7) == 0.2, "no schedule: sample_rate"
+
+
+@pytest.mark.parametrize(
+    "schedule,match",
+    [
+        ("[[1, 0.1]]", r"steps must be integers starting at 0, got \[1\]"),
+        ("[[0.0, 0.1]]", r"steps must be integers starting at 0"),
+        (
+            "[[0, 0.1], [100, 0.5], [100, 1.0]]",
+            r"steps must be strictly increasing, got \[0, 100, 100\]",
+        ),
+        ("[[0, 0.0]]", r"rates must be in \(0, 1\], got \[0.0\]"),
+        ("[[0, 1.5]]", r"rates must be in \(0, 1\]"),
+        ("[[0, 0.1, 5]]", r"must be a list of \[step, rate\] pairs"),
+        ("[0.1, 1.0]", r"expected a list of lists of float"),
+        ('[[0, "full"]]', r"expected a list of lists of float"),
+    ],
+)
+def test_bad_sample_rate_schedules_name_the_field(tmp_path, schedule, match) -> None:
+    text = TOML.replace("sample_rate = 0.2\n", f"sample_rate_schedule = {schedule}\n")
+    with pytest.raises(ValueError, match=r"head\.sample_rate_schedule: " + match):
+        Config.load(_write(tmp_path, text))
+
+
+def test_a_sample_rate_schedule_and_a_sample_rate_are_exclusive(tmp_path) -> None:
+    text = TOML.replace("sample_rate = 0.2\n", "sample_rate = 0.2\nsample_rate_schedule = [[0, 0.1]]\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"head\.sample_rate_schedule: replaces head\.sample_rate \(0\.2\)"):  # fmt: skip
+        Config.load(_write(tmp_path, text))
