@@ -1,6 +1,9 @@
 """``python -m partialfc.train CONFIG.toml [--section.key value ...]``, with or without torchrun.
 
-Options (anywhere on the line):
+usage: python -m partialfc.train [CONFIG.toml] [options] [--section.key VALUE ...]
+
+Options of the trainer (anywhere on the line):
+  -h, --help         this text and every config option (below), then exit 0
   --check            run the preflight checks only: print the run it would start (exit 0) or
                      one line per problem (exit 2); nothing is written
   --world-size N     with --check: the number of ranks the run will have (default: WORLD_SIZE or 1)
@@ -18,6 +21,7 @@ run (and restarts it, resuming from that checkpoint) instead of a completed one.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 
@@ -31,12 +35,15 @@ _VALUED = ("--world-size", "--local-ranks")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:  # usage, and where the rest is
         print(__doc__.strip())
-        print(
-            "\nSections and keys: see partialfc/train/config.py or the README's configuration table."
-        )
-        return 0 if argv else 2
+        print("\n--help also lists every config option, with its type, default and meaning.")
+        return 2
+    if "-h" in argv or "--help" in argv:
+        from partialfc.train.options import help_text
+
+        print(__doc__.strip(), help_text(), sep="\n\n")
+        return 0
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else None
     return run_reporting_user_errors(lambda: _main(argv), debug=debug_requested(argv), rank=rank)
 
@@ -56,6 +63,10 @@ def _split_options(argv: list[str]) -> tuple[dict[str, str | bool], list[str]]:
                     raise ConfigError(f"{name} needs a value")
                 value = items.pop(0)
             options[name] = value
+        elif arg.startswith("--") and "." not in name:  # --chek: not a --section.key either
+            close = difflib.get_close_matches(name, _FLAGS + _VALUED, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see --help"
+            raise ConfigError(f"{name}: unknown option; {hint}")
         else:
             rest.append(arg)
     return options, rest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import difflib
 import itertools
 import sys
 import types
@@ -486,13 +487,14 @@ class Config:
         with _collect_problems():
             for dotted, text in _pairs(overrides):
                 section, _, key = dotted.partition(".")
-                if section not in _SECTIONS:
-                    _check(False, f"--{dotted}", f"unknown section {section!r}; known: {_SECTIONS}")
+                if section not in SECTIONS:
+                    hint = _did_you_mean(dotted) or f"known: {SECTIONS}"
+                    _check(False, f"--{dotted}", f"unknown section {section!r}; {hint}")
                     continue
                 hints = _field_types(_section_type(section))
                 key, _, entry = key.partition(".")
                 if key not in hints:
-                    _check(False, f"--{dotted}", _unknown_key(section, key, hints))
+                    _check(False, f"--{dotted}", _unknown_key(section, key, hints, dotted))
                     continue
                 if _is_table(hints[key]) != bool(entry):
                     table = f"give one entry at a time: --{section}.{key}.NAME VALUE"
@@ -513,18 +515,18 @@ class Config:
         """Build and validate from nested dicts (a parsed TOML file); absent sections use defaults."""
         with _collect_problems():
             _check(
-                not set(raw) - set(_SECTIONS),
+                not set(raw) - set(SECTIONS),
                 "config",
-                f"unknown section(s) {sorted(set(raw) - set(_SECTIONS))}; known: {_SECTIONS}",
+                f"unknown section(s) {sorted(set(raw) - set(SECTIONS))}; known: {SECTIONS}",
             )
             sections = {}
-            for name in _SECTIONS:
+            for name in SECTIONS:
                 values = raw.get(name, {})
                 if isinstance(values, dict):
                     sections[name] = _build(_section_type(name), values, name)
                 else:
                     _check(False, f"[{name}]", f"must be a table, got {values!r}")
-            cfg = cls(**sections) if len(sections) == len(_SECTIONS) else None
+            cfg = cls(**sections) if len(sections) == len(SECTIONS) else None
         return cfg
 
     @classmethod
@@ -537,12 +539,12 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = ["data", "model", "head", "optim", "train", "eval", "metrics"]
+SECTIONS = ["data", "model", "head", "optim", "train", "eval", "metrics"]
 
 
 def _section_type(name: str) -> type:
-    if name not in _SECTIONS:
-        raise ConfigError(f"unknown config section {name!r}; known: {_SECTIONS}")
+    if name not in SECTIONS:
+        raise ConfigError(f"unknown config section {name!r}; known: {SECTIONS}")
     return typing.get_type_hints(Config)[name]
 
 
@@ -591,13 +593,23 @@ def _upgrade_flat_margin(raw: dict[str, Any]) -> dict[str, Any]:
     return {**raw, "head": head}
 
 
-def _unknown_key(section: str, key: str, hints: dict[str, Any]) -> str:
+def _unknown_key(section: str, key: str, hints: dict[str, Any], flag: str | None = None) -> str:
+    """Why ``section.key`` is refused; ``flag``: the command line's ``section.key[.entry]``."""
     if section == "head" and key in _FLAT_MARGIN_KEYS:
         return (
             "unknown option: the margin's arguments go in [head.margin_args] by the margin's own "
             "names (arcface: s, m; cosface: s, m; combined: s, m1, m2, m3; docs/margins.md)"
         )
-    return f"unknown option; {section} has {sorted(hints)}"
+    hint = _did_you_mean(flag or f"{section}.{key}", dashes="--" if flag else "")
+    return f"unknown option; {hint or f'{section} has {sorted(hints)}'}"
+
+
+def _did_you_mean(dotted: str, dashes: str = "--") -> str:
+    """``"did you mean --optim.lr?"`` for ``optim.lrr`` or ``optm.lr``; empty when nothing is close."""
+    known = [f"{s}.{k}" for s in SECTIONS for k in _field_types(_section_type(s))]
+    # A table's entries are free (--head.margin_args.m): compare section.key only.
+    close = difflib.get_close_matches(".".join(dotted.split(".")[:2]), known, n=1, cutoff=0.7)
+    return f"did you mean {dashes}{close[0]}?" if close else ""
 
 
 def _is_table(hint: Any) -> bool:
@@ -661,7 +673,7 @@ def _parse(text: str, hint: Any, name: str) -> Any:
             return int(text)
         if hint is float:
             return float(text)
-        if typing.get_origin(hint) is list:
+        if typing.get_origin(hint) is list:  # _pairs joins the values of --eval.sets a b with ","
             if typing.get_origin(typing.get_args(hint)[0]) is list:
                 # A list of lists (head.sample_rate_schedule): TOML's own notation, "[[0, 0.1]]".
                 value = _parse_literal(text)
@@ -675,7 +687,11 @@ def _parse(text: str, hint: Any, name: str) -> Any:
 
 
 def _pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
-    """``["--a.b", "1", "--c.d=2"]`` -> ``[("a.b", "1"), ("c.d", "2")]``."""
+    """``["--a.b", "1", "--c.d=2"]`` -> ``[("a.b", "1"), ("c.d", "2")]``.
+
+    A list field takes every value up to the next ``--option`` (joined with commas, which also
+    separate); ``--eval.sets=`` is the empty list.
+    """
     pairs, items = [], list(overrides)
     while items:
         flag = items.pop(0)
@@ -684,9 +700,23 @@ def _pairs(overrides: Sequence[str]) -> list[tuple[str, str]]:
         name = flag[2:]
         if "=" in name:
             name, value = name.split("=", 1)
+        elif _is_list(name):
+            values = []
+            while items and not items[0].startswith("--"):
+                values.append(items.pop(0))
+            if not values:
+                raise ConfigError(f"--{name} needs one or more values (--{name}= clears the list)")
+            value = ",".join(values)
         elif items:
             value = items.pop(0)
         else:
             raise ConfigError(f"--{name} needs a value")
         pairs.append((name, value))
     return pairs
+
+
+def _is_list(dotted: str) -> bool:
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS:
+        return False
+    return typing.get_origin(_field_types(_section_type(section)).get(key)) is list
