@@ -8,14 +8,17 @@ as ``configs/demo_cpu.toml`` ships them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
 
 from partialfc.data.synth import SynthConfig, synth_dataset
+from tests.runlog import step_losses
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "demo_cpu.toml"
@@ -64,6 +67,35 @@ def popen_train(*args: str, log: Path, torchrun: int = 0) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
     )
+
+
+def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    """Polls ``predicate`` until it holds; fails with the log's tail if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    raise TimeoutError(log.read_text()[-3000:])
+
+
+def wait_for_step(out: Path, step: int, proc: subprocess.Popen, log: Path, timeout: float = 240):
+    """Until ``out/metrics.jsonl`` holds a loss of step ``step`` or later."""
+
+    def reached() -> bool:
+        return (out / "metrics.jsonl").exists() and max(step_losses(out), default=0) >= step
+
+    wait_for(reached, proc, log, timeout)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> int:
+    """The exit status; a run still going after ``timeout`` is SIGKILLed (its process group)."""
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def error_lines(text: str) -> list[str]:

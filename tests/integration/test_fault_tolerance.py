@@ -12,11 +12,11 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.integration._service import finish, wait_for_step
 from tests.integration.conftest import STEPS
 from tests.runlog import step_losses
 
@@ -38,18 +38,6 @@ def _torchrun(
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (out / "metrics.jsonl").exists() and max(step_losses(out), default=0) >= step:
-            return
-        assert proc.poll() is None, (
-            f"the run ended early: {(out.parent / f'{out.name}.log').read_text()[-2000:]}"
-        )
-        time.sleep(0.2)
-    raise TimeoutError(f"step {step} not reached in {timeout} s")
-
-
 def _workers(agent: int) -> list[int]:
     """PIDs of the processes whose parent is ``agent`` (torchrun's workers)."""
     found = []
@@ -64,30 +52,22 @@ def _workers(agent: int) -> list[int]:
     return found
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 300) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def test_sigkill_mid_run_and_torchrun_restart_reproduce_every_loss(
     config: Path, tmp_path: Path
 ) -> None:
     straight = tmp_path / "straight"
-    assert _finish(_torchrun(config, straight)) == 0
+    assert finish(_torchrun(config, straight)) == 0
     expected = step_losses(straight)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     kill_at = random.Random().randint(3, STEPS - 2)  # a random step, past the first checkpoint
     faulty = tmp_path / "faulty"
     proc = _torchrun(config, faulty, restarts=1)
-    _wait_for_step(faulty, kill_at, proc)
+    wait_for_step(faulty, kill_at, proc, tmp_path / "faulty.log", timeout=300)
     victims = _workers(proc.pid)
     assert len(victims) == 2, f"expected two workers under torchrun, found {victims}"
     os.kill(victims[-1], signal.SIGKILL)
-    assert _finish(proc) == 0, (tmp_path / "faulty.log").read_text()[-3000:]
+    assert finish(proc) == 0, (tmp_path / "faulty.log").read_text()[-3000:]
     log = (tmp_path / "faulty.log").read_text()
     assert "resumed from" in log, "the restarted workers resumed from a checkpoint"
     got = step_losses(faulty)

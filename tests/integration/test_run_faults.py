@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,22 +20,13 @@ from tests.integration._service import (
     make_dataset,
     popen_train,
     train,
+    wait_for,
 )
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("faults") / "data")
-
-
-def _wait_for(predicate, proc, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.2)
-    raise TimeoutError(log.read_text()[-3000:])
 
 
 def _descendants(pid: int) -> list[int]:
@@ -72,7 +62,7 @@ def test_a_second_run_on_one_output_dir_exits_2_and_a_killed_run_never_blocks(
     args = demo_overrides(data, out, "--train.max_steps=100000", "--eval.sets=")
     first = popen_train(*args, log=tmp_path / "first.log", torchrun=2)
     try:
-        _wait_for(lambda: (out / "metrics.jsonl").exists(), first, tmp_path / "first.log")
+        wait_for(lambda: (out / "metrics.jsonl").exists(), first, tmp_path / "first.log")
         second = train(*args, timeout=120)
         errors = error_lines(second.stderr)
         assert second.returncode == 2 and len(errors) == 1, second.stderr[-3000:]

@@ -9,13 +9,18 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from partialfc.train import checkpoint
-from tests.integration._service import demo_overrides, make_dataset, popen_train
+from tests.integration._service import (
+    demo_overrides,
+    finish,
+    make_dataset,
+    popen_train,
+    wait_for_step,
+)
 from tests.runlog import step_losses
 
 STEPS = 12
@@ -33,24 +38,6 @@ def _run(data: Path, out: Path, log: Path, ranks: int, loader: str):
     return popen_train(*args, log=log, torchrun=ranks)
 
 
-def _wait(proc, log: Path, timeout: float = 300) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except TimeoutError:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError(log.read_text()[-3000:]) from None
-
-
-def _wait_for_step(out: Path, step: int, proc, log: Path, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (out / "metrics.jsonl").exists() and max(step_losses(out), default=0) >= step:
-            return
-        assert proc.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.05)
-    raise TimeoutError(log.read_text()[-3000:])
-
-
 @pytest.mark.parametrize(
     ("launcher", "loader"), [("torchrun", "torch"), ("python", "torch"), ("torchrun", "dali")]
 )
@@ -62,18 +49,18 @@ def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exact
     ranks = 2 if launcher == "torchrun" else 0
     straight = tmp_path / "straight"
     proc = _run(data, straight, tmp_path / "straight.log", ranks, loader)
-    assert _wait(proc, tmp_path / "straight.log") == 0, (tmp_path / "straight.log").read_text()
+    assert finish(proc) == 0, (tmp_path / "straight.log").read_text()
     expected = step_losses(straight)
     assert sorted(expected) == list(range(1, STEPS + 1))
 
     out, log = tmp_path / "run", tmp_path / "run.log"
     proc = _run(data, out, log, ranks, loader)
-    _wait_for_step(out, STOP_AFTER, proc, log)
+    wait_for_step(out, STOP_AFTER, proc, log)
     if launcher == "torchrun":
         proc.send_signal(signal.SIGTERM)  # torchrun forwards it to each worker's process group
     else:
         os.killpg(proc.pid, signal.SIGTERM)  # the trainer and its loader worker together
-    code = _wait(proc, log, timeout=120)
+    code = finish(proc, timeout=120)
     text = log.read_text()
     # torchrun prints a traceback of its own SignalException; the trainers print none.
     ours = text if launcher == "python" else "\n".join(re.findall(r"^\[rank\d+\]:.*$", text, re.M))
@@ -87,6 +74,6 @@ def test_sigterm_with_loader_workers_checkpoints_and_the_restart_continues_exact
     assert latest is not None and latest.name == f"step-{reached:08d}", (latest, reached)
 
     again = _run(data, out, tmp_path / "again.log", ranks, loader)
-    assert _wait(again, tmp_path / "again.log") == 0, (tmp_path / "again.log").read_text()
+    assert finish(again) == 0, (tmp_path / "again.log").read_text()
     assert f"resumed from {latest} at step {reached}" in (tmp_path / "again.log").read_text()
     assert step_losses(out) == expected, "the resumed steps' losses are the uninterrupted run's"
