@@ -173,7 +173,9 @@ class HeadConfig:
     fused: str = "off"
     """Triton kernels that never store the logits: on, off, or auto (on with CUDA)."""
     fused_update: bool = False
-    """The fused backward applies the centres' SGD update chunk by chunk: no dW is stored."""
+    """The fused backward applies the class-centre optimizer's update (SparseSGD or SparseAdamW,
+    ``optim.head_name``) chunk by chunk as it computes dW, so no dW is stored; needs head.fused
+    'on' or 'auto', train.grad_accum = 1 and no fp16 loss scaling."""
     init: str = "random"
     """Starting centres: random, or class_means (the normalised mean embedding of each class
     under the starting backbone, one pass over the data); not on resume."""
