@@ -201,10 +201,8 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         ctx.opts = opts
         ctx.graph = (x_leaf, w_leaf, n_leaf, target)
         ctx.gemm_shape = (batch_size, num_rows)
-        ctx.save_for_backward(
-            x, weight, index, inv_norm, probs, col, has, frozen, slope, which, row_inv_norm,
-            target_col,
-        )  # fmt: skip
+        saved = (x, weight, index, inv_norm, probs, col, has, frozen, slope)
+        ctx.save_for_backward(*saved, which, row_inv_norm, target_col)
         ctx.has_bias = bias is not None
         ctx.consumed = False
         return loss.to(x.dtype)
@@ -403,10 +401,11 @@ def margin_softmax_loss(
         x: (B, D) the global batch, normalised when the margin asks for it.
         weight: (C_r, D) this rank's class centres; receives a sparse COO gradient.
         bias: (C_r,) per-class bias or None; receives a sparse COO gradient.
-        index: (N,) sorted local rows taking part, or None for every row.
-        col: (B,) position in ``[0, N)`` of each row's class among the rows taking part; any value
-            in range where ``has`` is False.
-        target_row: (B,) row in ``[0, C_r)`` of each row's class in the shard; any row where
+        index: (N,) sorted local classes taking part, or None for every class (with
+            ``opts.sub_centers`` K > 1 each class is rows ``c*K .. c*K + K-1`` of ``weight``).
+        col: (B,) position in ``[0, N)`` of each row's class among the classes taking part; any
+            value in range where ``has`` is False.
+        target_row: (B,) local class in ``[0, C_r)`` of each row's label; any class where
             ``has`` is False.
         has: (B,) bool, whether this shard owns the row's class.
         opts: the margin, the filter, the GEMM dtype and the process group.

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from partialfc.margins import Margin
+
 
 def expand_rows(index: torch.Tensor | None, sub_centers: int) -> torch.Tensor | None:
     """Sorted local classes (N,) -> their sorted local rows (N*K,); None (every row) stays."""
@@ -50,3 +52,29 @@ def winning_rows(
     else:
         k = which.gather(1, col.unsqueeze(1)).squeeze(1).long()
     return target_class * sub_centers + k, col * sub_centers + k
+
+
+def check(sub_centers: int, margin: Margin, fused: bool | str) -> None:
+    """Refuse what cannot take sub-centres: sub-centres compare angles, so the margin must
+    normalise its centres; and no fused kernel scores K rows per class.
+
+    Raises:
+        ValueError: a bad count, a margin without normalised centres, or ``fused=True``.
+    """
+    if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
+        raise ValueError(f"sub_centers must be an integer >= 1, got {sub_centers!r}")
+    if sub_centers > 255:
+        raise ValueError(f"sub_centers must be at most 255, got {sub_centers}")
+    if sub_centers == 1:
+        return
+    if not margin.normalize_weight or margin.has_bias:
+        raise ValueError(
+            f"sub_centers = {sub_centers} needs an angular margin (normalised centres: ArcFace, "
+            f"CosFace, CurricularFace, ...); {type(margin).__name__} scores raw dot products, "
+            "whose maximum over a class's rows is not its closest sub-centre"
+        )
+    if fused is True:
+        raise ValueError(
+            "fused=True cannot run sub-centres (the kernels score one row per class); use "
+            "fused='auto' (falls back to the reference path) or fused=False"
+        )

@@ -123,7 +123,7 @@ class PartialFC(nn.Module):
             raise ValueError(f"{type(margin).__name__}: target cosines need normalised embeddings")
         if fused is True and not margin.target_only:
             raise ValueError(fused_refusal(margin))
-        _check_sub_centers(sub_centers, margin, fused)
+        _subcenters.check(sub_centers, margin, fused)
         self.margin = margin.to(device) if device is not None else margin
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
@@ -420,24 +420,3 @@ class PartialFC(nn.Module):
                 f"embeddings contain NaN or Inf (rank {nonfinite_rank - 1}); the backbone diverged "
                 "or the input is corrupt"
             )
-
-
-def _check_sub_centers(sub_centers: int, margin: Margin, fused: bool | str) -> None:
-    """Sub-centres compare angles: a margin must normalise its centres, and no kernel runs them."""
-    if isinstance(sub_centers, bool) or not isinstance(sub_centers, int) or sub_centers < 1:
-        raise ValueError(f"sub_centers must be an integer >= 1, got {sub_centers!r}")
-    if sub_centers > 255:
-        raise ValueError(f"sub_centers must be at most 255, got {sub_centers}")
-    if sub_centers == 1:
-        return
-    if not margin.normalize_weight or margin.has_bias:
-        raise ValueError(
-            f"sub_centers = {sub_centers} needs an angular margin (normalised centres: ArcFace, "
-            f"CosFace, CurricularFace, ...); {type(margin).__name__} scores raw dot products, "
-            "whose maximum over a class's rows is not its closest sub-centre"
-        )
-    if fused is True:
-        raise ValueError(
-            "fused=True cannot run sub-centres (the kernels score one row per class); use "
-            "fused='auto' (falls back to the reference path) or fused=False"
-        )
