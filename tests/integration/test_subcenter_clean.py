@@ -112,6 +112,13 @@ def test_clean_a_sub_centre_run_and_continue_with_one_centre(tmp_path: Path) -> 
         assert written.record.read_image_record(int(written.record.image_keys[j]))[1] == payload
     assert written.load(0)[0].shape == (112, 112, 3)
 
+    # user errors: one line, exit 2, before any work
+    again = _clean(str(run), str(data), str(out))
+    assert again.returncode == 2 and f"{out} is not empty" in again.stderr, again.stderr
+    other = _clean(str(run), str(out), str(tmp_path / "other"))
+    assert other.returncode == 2, other.stderr
+    assert f"{out / 'property'} has {len(new_labels)} classes but the run" in other.stderr
+
     # (c) a K = 1 run continues from the cleaned checkpoint, its rows the dominant centres
     survivors = sorted(new_labels, key=new_labels.get)
     rows = torch.tensor([c * K + dominant[c] for c in survivors])

@@ -91,3 +91,43 @@ def test_config_refusals_name_the_field(tmp_path, head: str, match: str) -> None
     path.write_text(TOML.split("[head]")[0] + "[head]\n" + head + "\n")
     with pytest.raises(ConfigError, match=match):
         Config.load(path)
+
+
+def test_the_interclass_filter_applies_to_the_class_cosines() -> None:
+    """The filter zeroes non-target class cosines (the maxima) above the threshold."""
+    from tests import reference as ref
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(4 * 3, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    head = pfc.PartialFC(
+        pfc.ArcFace(s=8.0), 5, 4, sub_centers=3, dtype=torch.float64,
+        interclass_filtering_threshold=0.2,
+    )  # fmt: skip
+    with torch.no_grad():
+        head.weight.copy_(w)
+    xl = x.clone().requires_grad_()
+    loss = head(xl, y)
+    loss.backward()
+    spec = ref.Spec("combined", s=8.0, m2=0.5)
+    r_loss, r_gx, r_gw, _ = ref.loss_and_grads(
+        spec, x, w, None, y, filter_threshold=0.2, sub_centers=3
+    )
+    plain, *_ = ref.loss_and_grads(spec, x, w, None, y, sub_centers=3)
+    assert not torch.allclose(plain, r_loss), "the filter must bite on this problem"
+    exact = dict(rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loss.detach(), r_loss, **exact)
+    torch.testing.assert_close(xl.grad, r_gx, **exact)
+    torch.testing.assert_close(head.weight.grad.to_dense(), r_gw, **exact)
+
+
+def test_subcenter_clean_refuses_bad_input_in_one_line(tmp_path, capsys) -> None:
+    from partialfc.cli import main
+
+    args = ["subcenter-clean", str(tmp_path / "run"), str(tmp_path / "data"), str(tmp_path / "o")]
+    assert main([*args, "--max-angle", "0"]) == 2
+    assert "--max-angle must be in (0, 180] degrees, got 0" in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: RUN: ") and str(tmp_path / "run") in err
