@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -147,8 +148,28 @@ def _clean(
     centres = checkpoint.read_class_centers(ckpt)  # (C*K, D) class-major
     if centres.shape[0] % k:
         raise CleanError(f"{ckpt}: {centres.shape[0]} centre rows are not a multiple of K = {k}")
-    num_classes = centres.shape[0] // k
     dataset = RecordDataset(data)
+    try:
+        return _clean_dataset(
+            dataset, out, ckpt, model, cfg, centres, max_angle, batch_size, device
+        )
+    finally:
+        dataset.record.close()
+
+
+def _clean_dataset(
+    dataset: RecordDataset,
+    out: Path,
+    ckpt: Path,
+    model: nn.Module,
+    cfg: Config,
+    centres: torch.Tensor,
+    max_angle: float,
+    batch_size: int,
+    device: torch.device | str,
+) -> CleanResult:
+    k = cfg.head.sub_centers
+    num_classes = centres.shape[0] // k
     if dataset.num_classes != num_classes:
         raise CleanError(
             f"{dataset.record.property_path} has {dataset.num_classes} classes but the run at "
@@ -174,10 +195,18 @@ def _clean(
             f"no image is within {max_angle:g} degrees of its dominant sub-centre: nothing to write"
         )
 
-    _write_dataset(out, dataset, labels, keep, new_label)
     rows = torch.from_numpy(survivors * k + dominant[survivors])  # global rows of the old head
-    _write_checkpoint(out, ckpt, cfg, rows)
-    dataset.record.close()
+    # Written beside OUT and renamed into place: an interrupted cleaning leaves no half dataset.
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_dataset(tmp, dataset, labels, keep, new_label)
+        _write_checkpoint(tmp, out, ckpt, cfg, rows)
+        if out.exists():
+            out.rmdir()  # empty (checked first)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return CleanResult(
         out=out,
         sub_centers=k,
@@ -254,9 +283,10 @@ def _write_dataset(
     )
 
 
-def _write_checkpoint(out: Path, ckpt: Path, cfg: Config, rows: torch.Tensor) -> None:
-    """``out/checkpoint/step-00000000``: the backbone, the dominant rows as a K = 1 head (and the
-    same rows of every per-row optimizer state), head step 0, and the continuing config."""
+def _write_checkpoint(where: Path, out: Path, ckpt: Path, cfg: Config, rows: torch.Tensor) -> None:
+    """``where/checkpoint/step-00000000``: the backbone, the dominant rows as a K = 1 head (and
+    the same rows of every per-row optimizer state), head step 0, and the config continuing in
+    ``out`` (where ``where`` is renamed to)."""
     meta = dcp.FileSystemReader(ckpt).read_metadata().state_dict_metadata
     wanted = {
         name: m
@@ -278,7 +308,7 @@ def _write_checkpoint(out: Path, ckpt: Path, cfg: Config, rows: torch.Tensor) ->
         state[name] = value.index_select(0, rows).clone() if per_row else value
     cont = _continuing_config(cfg, out)
     files = {"config.json": json.dumps(cont.to_dict(), indent=2).encode()}
-    checkpoint.save(state, out / CHECKPOINT_DIR, step=0, files=files)
+    checkpoint.save(state, where / CHECKPOINT_DIR, step=0, files=files)
 
 
 def _continuing_config(cfg: Config, out: Path) -> Config:
