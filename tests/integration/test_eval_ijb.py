@@ -192,7 +192,7 @@ def test_eval_ijb_1n_matches_a_direct_computation(
         assert g["tpir_at_fpir"] == pytest.approx(tpir, abs=tolerance)
     mean_rank1 = (g1["rank"]["1"] + g2["rank"]["1"]) / 2
     assert ident["mean"]["rank"]["1"] == pytest.approx(mean_rank1)
-    assert mean_rank1 > 0.5, "colour layout finds the mate among 5 subjects well above chance"
+    assert mean_rank1 >= 0.4, "colour layout finds the mate among 5 subjects: twice chance"
     assert "TAR (%)" in done.stdout and "1:N identification" in done.stdout
     assert f"{100 * mean_rank1:.2f}" in done.stdout.splitlines()[-2]  # the mean row
     for name in ("G1", "G2"):
