@@ -17,6 +17,7 @@ from PIL import Image
 from partialfc.data.align import norm_crop
 from partialfc.data.synth_ijb import SynthIJBConfig, synth_ijb
 from partialfc.eval.ijb import read_meta
+from partialfc.eval.ijb_1n_meta import read_1n_meta
 from partialfc.eval.ijb_run import ScoreOptions, embed_protocol, score_protocol
 
 FARS = (0.01, 0.05, 0.1, 0.3)
@@ -275,3 +276,12 @@ def test_synth_ijb_command_writes_a_readable_tree(tmp_path: Path) -> None:
     assert np.unique(meta.templates).size == 6 and meta.labels.sum() == 3  # 3 subjects x 1 pair
     assert len(list((tmp_path / "loose_crop").iterdir())) == len(meta.names)
     assert ((meta.det_scores >= 0.5) & (meta.det_scores <= 1)).all()
+    # 1:N: two disjoint galleries of one template per subject; every other template a probe.
+    one_to_n = read_1n_meta(tmp_path, "IJBB", meta.templates)
+    s1, s2 = one_to_n.galleries["S1"], one_to_n.galleries["S2"]
+    assert sorted([*s1.subjects, *s2.subjects]) == [1, 2, 3] and s1.subjects.size in (1, 2)
+    gallery_templates = np.r_[s1.templates, s2.templates]
+    assert np.array_equal(
+        np.sort(np.r_[gallery_templates, one_to_n.probes.templates]), np.arange(1, 7)
+    )
+    assert sorted(one_to_n.probes.subjects) == [1, 2, 3]
