@@ -81,7 +81,8 @@ def read_template_subjects(path: Path) -> TemplateSubjects:
         IJBError: no ``TEMPLATE_ID``/``SUBJECT_ID`` header, a non-integer id, no rows, or a
             template listed under two subjects.
     """
-    with path.open(newline="") as f:
+    # utf-8-sig: a byte-order mark, as spreadsheet tools write one, is not part of TEMPLATE_ID.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = [name.strip().upper() for name in next(reader, [])]
         missing = [c for c in _COLUMNS if c not in header]

@@ -94,9 +94,11 @@ def score_identification(
         curves[name] = (fpir, tpir)
     # Papers report the plain mean of the two galleries' rates.
     mean = {
-        key: {k: float(np.mean([g[key][k] for g in galleries.values()])) for k in first}
-        for key, first in next(iter(galleries.values())).items()
-        if key in ("rank", "tpir_at_fpir")
+        key: {
+            k: float(np.mean([g[key][k] for g in galleries.values()]))
+            for k in galleries[next(iter(galleries))][key]
+        }
+        for key in ("rank", "tpir_at_fpir")
     }
     result = {
         "probes": int(protocol.probes.templates.size),

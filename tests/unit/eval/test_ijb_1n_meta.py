@@ -30,6 +30,11 @@ def test_templates_and_subjects_one_per_template(tmp_path: Path) -> None:
     assert read.templates.tolist() == [3, 7] and read.subjects.tolist() == [30, 70]
 
 
+def test_a_byte_order_mark_is_not_part_of_the_header(tmp_path: Path) -> None:
+    path = _write(tmp_path / "g.csv", ["7,70,img/1.jpg"], "\ufeff" + HEADER)
+    assert read_template_subjects(path).templates.tolist() == [7]
+
+
 def test_columns_are_found_by_name(tmp_path: Path) -> None:
     path = _write(
         tmp_path / "g.csv",
