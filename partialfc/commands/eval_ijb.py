@@ -122,7 +122,7 @@ def _protocols(values: list[str]) -> tuple[str, ...]:
 def _model_key(path: Path) -> str:
     # The file (or the newest checkpoint) and its modification time: retraining invalidates.
     if path.suffix.lower() != ".onnx":
-        from partialfc.train.checkpoint import resolve
+        from partialfc.checkpoint import resolve
 
         path = resolve(path)
     return f"{path.resolve()}@{path.stat().st_mtime_ns}"
