@@ -218,17 +218,17 @@ def identification(
         tpir_rank: the rank R of TPIR.
 
     Returns:
-        ``probes``, ``mated``, ``non_mated``, ``gallery`` (templates) counts, ``rank``
-        ``{k: rate}`` (closed set, mated probes only) and ``tpir_at_fpir`` ``{fpir: tpir}``
-        (None when no probe is non-mated).
+        The counts ``probes``, ``templates`` (of the gallery), ``mated_probes``,
+        ``non_mated_probes``; ``rank`` ``{k: rate}`` (closed set, mated probes only) and
+        ``tpir_at_fpir`` ``{fpir: tpir}`` (None when no probe is non-mated).
     """
     searches = search(probe_feats, probe_subjects, gallery_feats, gallery_subjects)
     mated = int(searches.mated.sum())
     return {
         "probes": int(searches.mated.size),
-        "mated": mated,
-        "non_mated": int(searches.mated.size - mated),
-        "gallery": int(np.asarray(gallery_subjects).size),
+        "templates": int(np.asarray(gallery_subjects).size),
+        "mated_probes": mated,
+        "non_mated_probes": int(searches.mated.size - mated),
         "rank": rank_rates(searches, ranks),
         "tpir_at_fpir": (
             tpir_at_fpir(searches, fpirs, tpir_rank, mode) if mated < searches.mated.size else None

@@ -79,10 +79,16 @@ def test_a_probe_mated_in_the_other_gallery_is_a_non_mated_search() -> None:
     g1, g2 = subjects[:3], subjects[3:]
     r1 = identification(probe_feats, probes, centres[g1], g1, fpirs=[0.1], ranks=[1])
     r2 = identification(probe_feats, probes, centres[g2], g2, fpirs=[0.1], ranks=[1])
-    assert (r1["mated"], r1["non_mated"]) == (9, 9) and (r2["mated"], r2["non_mated"]) == (9, 9)
+    for r in (r1, r2):
+        assert (r["probes"], r["templates"], r["mated_probes"], r["non_mated_probes"]) == (
+            18,
+            3,
+            9,
+            9,
+        )
     assert r1["rank"] == {1: 1.0} and r2["rank"] == {1: 1.0}
     closed = identification(probe_feats, probes, centres, subjects)
-    assert closed["non_mated"] == 0 and closed["tpir_at_fpir"] is None
+    assert closed["non_mated_probes"] == 0 and closed["tpir_at_fpir"] is None
 
 
 def test_the_best_of_several_mated_templates_is_the_mate() -> None:
