@@ -45,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet), "
         "and arcface_torch runs to partialfc (arcface-torch)",
     ),
+    "subcenter-clean": (
+        "partialfc.commands.subcenter_clean",
+        "drop the images far from their class's dominant sub-centre (Sub-center ArcFace); write "
+        "the cleaned dataset and a K = 1 checkpoint",
+    ),
     "import-config": (
         "partialfc.commands.import_config",
         "print an arcface_torch config (configs/NAME.py, read, never executed) as partialfc TOML",

@@ -302,8 +302,11 @@ def _check_checkpoint(pf: Preflight) -> None:
     mismatches = []
     if entry is not None and len(entry.size) == 2:
         rows, width = (int(v) for v in entry.size)
-        if pf.num_classes and rows != pf.num_classes:
-            mismatches.append(("class count", rows, pf.num_classes, "data.root's property"))
+        k = c.head.sub_centers
+        if pf.num_classes and rows != pf.num_classes * k:
+            what = "data.root's property" + (f" times head.sub_centers ({k})" if k > 1 else "")
+            label = "class count" if k == 1 else "class-centre rows"
+            mismatches.append((label, rows, pf.num_classes * k, what))
         if width != c.model.embedding_size:
             mismatches.append(
                 ("embedding size", width, c.model.embedding_size, "model.embedding_size")

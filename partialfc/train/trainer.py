@@ -114,6 +114,7 @@ class Trainer:
             interclass_filtering_threshold=cfg.head.interclass_filtering_threshold,
             device=rt.device,
             fused=cfg.head.fused_option(),
+            sub_centers=cfg.head.sub_centers,
             # The loaders check labels against the dataset's classes; a non-finite embedding (an
             # fp16 overflow) must become a skipped step below, not an exception, and the check
             # would cost a host synchronisation per step.

@@ -125,6 +125,31 @@ def test_resume_on_three_ranks_then_one(dataset: Path, tmp_path: Path) -> None:
     assert not torch.equal(checkpoint.read_class_centers(out), before)
 
 
+@pytest.mark.slow
+def test_sub_centres_train_alike_on_one_and_three_ranks_and_resume_on_two(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """[head] sub_centers = 3 through the trainer: 3 ranks (classes 4/4/4, rows 12 each) follow
+    one process; the run then resumes on 2 ranks from the (36, D) class-major checkpoint."""
+    runs = {}
+    for world in (1, 3):
+        out = tmp_path / f"w{world}"
+        cfg = _config(dataset, out, steps=3)
+        cfg["head"]["sub_centers"] = 3
+        run_ranks(_fit, world, cfg)
+        runs[world] = (out, _result(out, world))
+    (one_out, one), (three_out, three) = runs[1], runs[3]
+    assert_close(torch.tensor(three["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    centres = checkpoint.read_class_centers(three_out)
+    assert centres.shape == (12 * 3, 16)
+    assert_close(centres, checkpoint.read_class_centers(one_out), rtol=1e-4, atol=1e-6)
+    cfg = _config(dataset, three_out, steps=5)
+    cfg["head"]["sub_centers"] = 3
+    run_ranks(_fit, 2, cfg)
+    res = _result(three_out, 2, after=3)
+    assert res["step"] == 5 and len(res["losses"]) == 2 and all(map(math.isfinite, res["losses"]))
+
+
 def _stored(path: Path, tmp: Path) -> dict[str, object]:
     """Every entry of a DCP checkpoint, flattened to dotted names."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
