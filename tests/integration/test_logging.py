@@ -1,5 +1,6 @@
 """Log lines of a real two-rank run (configs/demo_cpu.toml under torchrun, gloo): time, level and
-rank on every line; rank 0 alone logs INFO unless --log-all-ranks or [metrics] log_all_ranks."""
+rank on every line; rank 0 alone logs INFO unless --log-all-ranks or [metrics] log_all_ranks (and
+rank 0 alone writes TensorBoard events)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,5 @@ def test_two_ranks_log_with_time_level_and_rank(data: Path, tmp_path: Path, opti
     if not option:
         assert {r for r, _ in info} == {"0"}, "rank 1 logs no INFO by default"
     assert any(r == "0" and m.startswith("finished at step 2") for r, m in info)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1, "rank 0 alone writes TensorBoard events"

@@ -5,6 +5,7 @@ redoes steps, each step once with the values of the run that continued."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -73,3 +74,15 @@ def test_tensorboard_has_every_series_once_per_step_after_a_resume(tmp_path: Pat
         assert [s for s, _ in got[tag]] == [3, 6, 8], tag  # the eval of step 5 was purged
         key = "eval/val" if what == "accuracy" else tag
         assert [v for _, v in got[tag]] == pytest.approx([logged[s][key] for s in (3, 6, 8)])
+
+
+def test_tensorboard_has_the_fp16_loss_scale(tmp_path: Path) -> None:
+    data, out = make_dataset(tmp_path / "data"), tmp_path / "run"
+    done = train(
+        *demo_overrides(data, out, "--train.precision=fp16", "--train.max_steps=3", "--eval.sets=")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, logged = _scalars(out / "tensorboard"), _jsonl(out)
+    assert [s for s, _ in got["loss_scale"]] == [1, 2, 3]
+    assert [v for _, v in got["loss_scale"]] == [logged[s]["loss_scale"] for s in (1, 2, 3)]
+    assert all(v >= 1.0 and math.log2(v).is_integer() for _, v in got["loss_scale"])
