@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from partialfc.metrics.tensorboard import tensorboard_available
 from tests.integration._service import DEMO, REPO, demo_overrides, make_dataset
 
 pytestmark = pytest.mark.slow
@@ -48,5 +49,6 @@ def test_two_ranks_log_with_time_level_and_rank(data: Path, tmp_path: Path, opti
     if not option:
         assert {r for r, _ in info} == {"0"}, "rank 1 logs no INFO by default"
     assert any(r == "0" and m.startswith("finished at step 2") for r, m in info)
-    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 1, "rank 0 alone writes TensorBoard events"
+    if tensorboard_available():
+        events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+        assert len(events) == 1, "rank 0 alone writes TensorBoard events"
