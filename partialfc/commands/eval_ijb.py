@@ -69,7 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _model_key(path: Path) -> str:
     # The file (or the newest checkpoint) and its modification time: retraining invalidates.
     if path.suffix.lower() != ".onnx":
-        from partialfc.train.checkpoint import resolve
+        from partialfc.checkpoint import resolve
 
         path = resolve(path)
     return f"{path.resolve()}@{path.stat().st_mtime_ns}"
