@@ -440,6 +440,12 @@ class MetricsConfig:
     """/healthz answers 503 once no step has completed for this long (counted from the start)."""
     jsonl: bool = True
     """Write output_dir/metrics.jsonl, one JSON object per step."""
+    tensorboard: bool | None = None
+    """Write output_dir/tensorboard/ event files (rank 0); unset: on when tensorboard is installed."""
+    wandb_project: str = ""
+    """Also log to this Weights & Biases project (rank 0; needs wandb; WANDB_MODE=offline works)."""
+    log_all_ranks: bool = False
+    """Every rank logs its INFO lines (default: rank 0 only; others log warnings and errors)."""
 
     # host: 0.0.0.0 by default because Prometheus and the Kubernetes probes reach the pod at its
     # own address; 127.0.0.1 suits a shared workstation (and still answers the Docker healthcheck).
@@ -462,6 +468,19 @@ class MetricsConfig:
             "metrics.stall_seconds",
             f"must be a number of seconds > 0, got {self.stall_seconds}",
         )
+        _check(
+            not any(c.isspace() for c in self.wandb_project),
+            "metrics.wandb_project",
+            f"must be a W&B project name without spaces, got {self.wandb_project!r}",
+        )
+
+    def tensorboard_enabled(self) -> bool:
+        """``tensorboard`` as set, or (unset) whether the tensorboard package is installed."""
+        if self.tensorboard is not None:
+            return self.tensorboard
+        from partialfc.metrics.tensorboard import tensorboard_available
+
+        return tensorboard_available()
 
 
 @dataclass(frozen=True)
