@@ -9,7 +9,8 @@ every record as ``partialfc inspect --verify`` does.
 Checks: the config (every field and cross-field rule, with the key), the batch split over the
 ranks, the dataset's files, ``property`` against record 0, every ``.idx`` offset inside the
 ``.rec``, the step count against ``optim.warmup_steps``, the eval sets, ``train.output_dir``
-writable and not held by another run, the metrics ports free, and an existing checkpoint's
+writable and not held by another run, the metrics ports free, the packages of the TensorBoard and
+W&B sinks installed where they are asked for, and an existing checkpoint's
 shapes, backbone, margin, batch and seed against the config.
 """
 
@@ -21,8 +22,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from partialfc import checkpoint
 from partialfc.errors import UserError
-from partialfc.train import checkpoint, lock
+from partialfc.train import lock
 from partialfc.train.config import Config, OptimConfig
 
 MAX_LISTED = 10  # bad records listed by data.verify before "... and N more"
@@ -78,7 +80,9 @@ class Preflight:
                 f"{c.train.checkpoint_every} steps)",
                 f"eval:    {', '.join(c.eval.sets) or 'none'}",
                 f"metrics: {f'port {c.metrics.port}' if c.metrics.port else 'no server'}"
-                f"{', metrics.jsonl' if c.metrics.jsonl else ''}",
+                f"{', metrics.jsonl' if c.metrics.jsonl else ''}"
+                f"{', tensorboard' if c.metrics.tensorboard_enabled() else ''}"
+                f"{f', wandb {c.metrics.wandb_project}' if c.metrics.wandb_project else ''}",
             ]
         )
 
@@ -105,6 +109,7 @@ def run_checks(
     _check_eval_sets(pf)
     _check_output_dir(pf, check_lock)
     _check_ports(pf, range(world_size) if local_ranks is None else local_ranks)
+    _check_sink_packages(pf)
     _check_checkpoint(pf)
     _check_pretrained(pf)
     return pf
@@ -280,6 +285,21 @@ def _check_ports(pf: Preflight, local_ranks: range) -> None:
             pf.problems.append(
                 f"metrics.port: local rank {local_rank} serves on {m.port} + {local_rank}: {problem}"
             )
+
+
+def _check_sink_packages(pf: Preflight) -> None:
+    """The optional packages the chosen sinks import on rank 0."""
+    m = pf.cfg.metrics
+    from partialfc.metrics.tensorboard import tensorboard_available
+    from partialfc.metrics.weights_and_biases import missing_wandb_problem, wandb_available
+
+    if m.tensorboard and not tensorboard_available():
+        pf.problems.append(
+            "metrics.tensorboard = true: the tensorboard package is not installed; "
+            "pip install 'partialfc[tensorboard]' (or tensorboard), or set it to false"
+        )
+    if m.wandb_project and not wandb_available():
+        pf.problems.append(missing_wandb_problem(m.wandb_project))
 
 
 def _check_checkpoint(pf: Preflight) -> None:

@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from partialfc import checkpoint
 from partialfc.data.dataset import RecordDataset, collate_u8, normalize
 from partialfc.data.layout import Property, write_dataset
 from partialfc.errors import UserError, UserFileError
-from partialfc.train import checkpoint
 from partialfc.train.config import Config
 
 CHECKPOINT_DIR = "checkpoint"
@@ -224,14 +224,12 @@ def _clean_dataset(
 
 
 def _load_run(run: str | os.PathLike[str]) -> tuple[Path, nn.Module, Config]:
-    from partialfc.export import load_backbone  # the checkpoint's backbone and config
-
     try:
         ckpt = checkpoint.resolve(run)
-        model, cfg = load_backbone(ckpt)
     except FileNotFoundError as err:
         raise UserFileError(f"RUN: {err}") from None
-    return ckpt, model, cfg
+    model, saved = checkpoint.load_backbone(ckpt)  # the checkpoint's backbone and config.json
+    return ckpt, model, Config.from_saved(saved.config)
 
 
 @torch.no_grad()
@@ -299,7 +297,7 @@ def _write_checkpoint(where: Path, out: Path, ckpt: Path, cfg: Config, rows: tor
     }
     model = {n.removeprefix("model."): t for n, t in flat.items() if n.startswith("model.")}
     head = {n: t for n, t in flat.items() if not n.startswith("model.")}
-    with checkpoint._quiet_sharded_tensor():
+    with checkpoint.quiet_sharded_tensor():
         dcp.load({"model": model, **head}, checkpoint_id=ckpt, no_dist=True)
     total = meta["head.weight"].size[0]
     state: dict[str, Any] = {"model": model, "head.step": 0, "head.margin": {}}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -13,9 +12,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from partialfc import checkpoint
+from partialfc.checkpoint import load_backbone
 from partialfc.data.synth import SynthConfig, synth_dataset
-from partialfc.export import load_backbone
-from partialfc.train import checkpoint
+from partialfc.log import configure_logging
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
 from partialfc.train.schedule import learning_rate
@@ -204,11 +204,16 @@ def _fit_and_fingerprint(rank: int, world: int, cfg: dict) -> None:
     """Train, then record this rank's backbone parameters (float64 sums) for comparison."""
     torch.set_num_threads(1)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        trainer = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu")))
+    configure_logging(rank, stream=printed)  # as python -m partialfc.train does
+    trainer = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu")))
     trainer.fit()
     prints = {n: float(p.detach().double().sum()) for n, p in trainer.backbone.named_parameters()}
-    prints["stdout"] = [line for line in printed.getvalue().splitlines() if "optimizers" in line]
+    prefix = f"INFO [rank {rank}] partialfc.train.trainer: "
+    prints["stdout"] = [
+        line.partition(prefix)[2]
+        for line in printed.getvalue().splitlines()
+        if "optimizers" in line
+    ]
     out = Path(cfg["train"]["output_dir"])
     (out / f"fingerprint-{rank}.json").write_text(json.dumps(prints))
 
@@ -229,14 +234,14 @@ def test_a_vit_trains_with_adamw_on_two_ranks(dataset: Path, tmp_path: Path) -> 
     assert ranks[0] == ranks[1], "DDP kept the two ranks' backbones equal"
     before, _ = load_backbone(checkpoint.checkpoint_dir(out, 1))
     after, cfg_saved = load_backbone(checkpoint.checkpoint_dir(out, 2))
-    assert cfg_saved.model.backbone == "vit_t"
+    assert cfg_saved.backbone == "vit_t"
     old = dict(before.named_parameters())
     for name, p in after.named_parameters():
         assert not torch.equal(p, old[name]), f"{name} did not move in the last step"
         assert ranks[0][name] == pytest.approx(float(p.detach().double().sum()), rel=1e-12), name
     adamw = "(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1)"
     assert stdout[0] == [f"optimizers: backbone AdamW{adamw}; class centres SparseAdamW{adamw}"]
-    assert stdout[1] == [], "rank 0 alone prints"
+    assert stdout[1] == [], "rank 0 alone logs INFO"
     # The centres follow optim.name (SparseAdamW). Every row is used (sample_rate 1), so step 2's
     # centres are AdamW's update at t = 2 of step 1's, with step 2's moments.
     one, two = checkpoint.checkpoint_dir(out, 1), checkpoint.checkpoint_dir(out, 2)

@@ -19,10 +19,10 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.testing import assert_close
 
+from partialfc import checkpoint
 from partialfc.data.dataset import RecordDataset, collate_u8, normalize
 from partialfc.data.layout import FaceRecord
 from partialfc.export import load_backbone
-from partialfc.train import checkpoint
 from tests.integration._service import REPO, demo_overrides, make_dataset, train
 
 K = 3
