@@ -22,7 +22,6 @@ from torch.testing import assert_close
 from partialfc import checkpoint
 from partialfc.data.dataset import RecordDataset, collate_u8, normalize
 from partialfc.data.layout import FaceRecord
-from partialfc.export import load_backbone
 from tests.integration._service import REPO, demo_overrides, make_dataset, train
 
 K = 3
@@ -30,7 +29,7 @@ K = 3
 
 def _features(run: Path, data: Path) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) normalised float64 embeddings of every image and their labels (N,)."""
-    model, _ = load_backbone(run)
+    model, _ = checkpoint.load_backbone(run)
     dataset = RecordDataset(data)
     images, labels = collate_u8([dataset.load(i) for i in range(len(dataset))])
     with torch.no_grad():
@@ -132,7 +131,7 @@ def test_clean_a_sub_centre_run_and_continue_with_one_centre(tmp_path: Path) -> 
         f"--eval.sets={data / 'val.bin'}",
     )  # fmt: skip
     assert continued.returncode == 0, continued.stderr[-3000:]
-    assert f"resumed from {out / 'checkpoint' / 'step-00000000'} at step 0" in continued.stdout
+    assert f"resumed from {out / 'checkpoint' / 'step-00000000'} at step 0" in continued.stderr
     after = checkpoint.read_class_centers(out / "checkpoint")
     assert after.shape == (len(new_labels), x.shape[1])
     # Two steps at lr 1e-12 moves no row by more than ~1e-12; another sub-centre is ~1e-2 away.
