@@ -100,9 +100,15 @@ def _run_ijb(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     counts = synth_ijb(args.out_dir, cfg, workers=args.workers, progress=not args.no_progress)
+    galleries = ", ".join(
+        f"{key.removeprefix('gallery_')} {n}"
+        for key, n in counts.items()
+        if key.startswith("gallery_")
+    )
     print(
         f"wrote a synthetic {args.ijb} tree to {args.out_dir}: {counts['images']} images,"
         f" {counts['templates']} templates of {cfg.subjects} subjects,"
-        f" {counts['pairs']} pairs ({counts['same']} same)"
+        f" {counts['pairs']} pairs ({counts['same']} same); 1:N: {counts['probes']} probes,"
+        f" gallery subjects {galleries}"
     )
     return 0
