@@ -2,8 +2,8 @@
 # One node: torchrun with one process per local GPU (or --nproc N CPU processes), then
 # `python -m partialfc.train CONFIG.toml [--section.key value ...]` in each.
 #
-#   launch/train.sh configs/ms1mv3_r50.toml --data.root /data/ms1mv3 --train.output_dir /ckpt/run1
-#   launch/train.sh --nproc 2 configs/demo_cpu.toml          # two CPU processes (gloo)
+#   launch/train.sh partialfc/configs/ms1mv3_r50.toml --data.root /data/ms1mv3 --train.output_dir /ckpt/run1
+#   launch/train.sh --nproc 2 partialfc/configs/demo_cpu.toml          # two CPU processes (gloo)
 #
 # Environment: PYTHON (default python), PARTIALFC_METRICS_PORT (sets --metrics.port before your
 # overrides), OMP_NUM_THREADS, TORCH_ELASTIC_SHUTDOWN_TIMEOUT; see launch/README.md.

@@ -20,6 +20,10 @@ from partialfc.log import configure_logging
 # and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("partialfc.commands.demo", "run the embedded demo (no GPU, no downloads)"),
+    "configs": (
+        "partialfc.commands.configs",
+        "list the shipped run configs, or print one (partialfc configs ms1mv3_r50 > run.toml)",
+    ),
     "pack": ("partialfc.commands.pack", "pack an image folder or .lst into insightface RecordIO"),
     "inspect": (
         "partialfc.commands.inspect",

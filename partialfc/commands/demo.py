@@ -2,11 +2,15 @@
 
 1. ``partialfc synth``: a synthetic face set (200 identities x 20 images) and a verification set
    of 100 *other* identities, in insightface's RecordIO layout, under ``runs/demo/data``;
-2. ``torchrun --nproc_per_node 2 -m partialfc.train configs/demo_cpu.toml``: a tinyface backbone
+2. ``torchrun --nproc_per_node 2 -m partialfc.train demo_cpu.toml`` (the shipped config,
+   :mod:`partialfc.configs`, so an installed wheel runs it from any folder): a tinyface backbone
    under DDP, a CosFace PartialFC head sharded over the two gloo ranks with sample_rate 0.5,
    checkpoints, metrics.jsonl, verification every 50 steps;
 3. the held-out verification accuracy, then ``partialfc export`` to ONNX, checked against
    onnxruntime.
+
+``--identities``, ``--val-pairs`` and ``--steps`` shrink it (a smoke test of an install runs it in
+seconds); the defaults are the full demo.
 
 ``--head-only`` runs the earlier, faster demo of the head alone: PartialFC learning 10k
 identities from synthetic embeddings on two ranks, checked by identification on fresh samples.
@@ -28,13 +32,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
 import partialfc as pfc
+from partialfc.data.synth import SynthConfig
 from partialfc.distributed import all_gather_no_grad
 from partialfc.distributed.local import run_local
 from partialfc.errors import UserError
 
-REPO = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = REPO / "configs" / "demo_cpu.toml"
+DEMO_CONFIG = "demo_cpu"
+"""The shipped config the full demo trains (:mod:`partialfc.configs`)."""
 MARKER = ".partialfc-demo.json"
 """Written into the demo's --out folder: it claims the folder and lists what the demo created."""
 DATA_DIR = "data"
@@ -56,10 +66,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epochs", type=int, default=None, help="override train.epochs (full demo)"
     )
-    parser.add_argument("--identities", type=int, default=10_000, help="classes (--head-only)")
+    parser.add_argument(
+        "--identities",
+        type=int,
+        default=None,
+        help=f"synthetic training identities (full demo, default {SynthConfig.identities}); "
+        f"classes (--head-only, default {_HEAD_ONLY_IDENTITIES})",
+    )
+    parser.add_argument(
+        "--val-pairs",
+        type=int,
+        default=None,
+        help=f"verification pairs, even (full demo, default {SynthConfig.val_pairs})",
+    )
     parser.add_argument("--dim", type=int, default=128, help="embedding width (--head-only)")
     parser.add_argument("--ranks", type=int, default=2, help="CPU ranks")
-    parser.add_argument("--steps", type=int, default=400, help="training steps (--head-only)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (full demo: train.max_steps, default the config's epochs; "
+        f"--head-only: default {_HEAD_ONLY_STEPS})",
+    )
     parser.add_argument("--batch", type=int, default=512, help="global batch (--head-only)")
     parser.add_argument(
         "--sample-rate", type=float, default=0.2, help="PartialFC sample rate (--head-only)"
@@ -68,6 +96,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--noise", type=float, default=1.0, help="noise relative to the signal (--head-only)"
     )
     parser.add_argument("--seed", type=int, default=0)
+
+
+_HEAD_ONLY_IDENTITIES, _HEAD_ONLY_STEPS = 10_000, 400
 
 
 def _samples(
@@ -132,31 +163,48 @@ def _train(rank: int, world: int, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``partialfc demo`` (or ``--head-only``)."""
+    for name in ("identities", "val_pairs", "steps", "epochs", "ranks"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "val_pairs" else 1):
+            raise UserError(f"demo --{name.replace('_', '-')}: must be >= 1, got {value}")
     if args.head_only:
+        args.identities = args.identities or _HEAD_ONLY_IDENTITIES
+        args.steps = args.steps or _HEAD_ONLY_STEPS
         run_local(_train, args.ranks, args)
         return 0
     return _full_demo(args)
 
 
 def _full_demo(args: argparse.Namespace) -> int:
-    if not DEMO_CONFIG.exists():
-        raise SystemExit(f"partialfc demo: {DEMO_CONFIG} not found; run it from a source checkout")
+    try:
+        synth = SynthConfig(
+            seed=args.seed,
+            identities=args.identities or SynthConfig.identities,
+            val_pairs=SynthConfig.val_pairs if args.val_pairs is None else args.val_pairs,
+        )
+    except ValueError as err:
+        raise UserError(f"demo: {err}") from None
+    if not synth.val_pairs:
+        raise UserError("demo --val-pairs: must be >= 2: the demo reports held-out accuracy")
     out = args.out
     claim_out_dir(out)  # before any work: refuses a folder the demo did not create
     with recording_outputs(out):
-        return _synth_train_export(args, out)
+        return _synth_train_export(args, out, synth)
 
 
-def _synth_train_export(args: argparse.Namespace, out: Path) -> int:
+def _synth_train_export(args: argparse.Namespace, out: Path, synth: SynthConfig) -> int:
+    from partialfc import configs
     from partialfc.checkpoint import load_backbone
-    from partialfc.data.synth import SynthConfig, synth_dataset
+    from partialfc.data import synth as synth_module
     from partialfc.export import export_onnx
 
     data = out / DATA_DIR
     if not (data / "property").exists():
         print(f"[1/3] generating the synthetic face set in {data}", flush=True)
-        synth_dataset(data, SynthConfig(seed=args.seed), progress=True)
+        synth_module.synth_dataset(data, synth, progress=True)
     else:
+        _check_reused_data(data, synth)
         print(f"[1/3] using the synthetic face set in {data}", flush=True)
     overrides = [
         f"--data.root={data}", f"--train.output_dir={out}", f"--eval.sets={data / 'val.bin'}",
@@ -164,16 +212,26 @@ def _synth_train_export(args: argparse.Namespace, out: Path) -> int:
     ]  # fmt: skip
     if args.epochs is not None:
         overrides.append(f"--train.epochs={args.epochs}")
+    if args.steps is not None:
+        overrides.append(f"--train.max_steps={args.steps}")
+        # The config's warmup must end before a shortened run does.
+        warmup = tomllib.loads(configs.read_text(DEMO_CONFIG))["optim"].get("warmup_steps", 0)
+        if warmup >= args.steps:
+            overrides.append(f"--optim.warmup_steps={args.steps - 1}")
     print(
-        f"[2/3] training on {args.ranks} CPU ranks under torchrun ({DEMO_CONFIG.name})", flush=True
+        f"[2/3] training on {args.ranks} CPU ranks under torchrun ({DEMO_CONFIG}.toml)", flush=True
     )
     start = time.perf_counter()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}",
-        "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "-m", "partialfc.train",
-        str(DEMO_CONFIG), *overrides,
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True)
+    with configs.as_file(DEMO_CONFIG) as config:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.ranks}",
+            "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "-m", "partialfc.train",
+            str(config), *overrides,
+        ]  # fmt: skip
+        done = subprocess.run(cmd)
+    if done.returncode != 0:  # the trainer has said why (a user error is its one line)
+        print(f"partialfc demo: training stopped with exit status {done.returncode}", flush=True)
+        return done.returncode
     minutes = (time.perf_counter() - start) / 60
     evals = [
         r
@@ -184,12 +242,33 @@ def _synth_train_export(args: argparse.Namespace, out: Path) -> int:
     model, _ = load_backbone(out)
     worst = export_onnx(model, out / "model.onnx")
     print(
-        f"\nheld-out verification accuracy (100 unseen identities, 10-fold, flip): "
+        f"\nheld-out verification accuracy ({synth.val_identities} unseen identities, 10-fold, "
+        "flip): "
         f"{evals[-1]['eval/val']:.4f} at step {evals[-1]['step']} after {minutes:.1f} min of training"
     )
     print("accuracy by step: " + ", ".join(f"{r['step']}: {r['eval/val']:.3f}" for r in evals))
     print(f"ONNX model {out / 'model.onnx'} (onnxruntime matches PyTorch to {worst:.1e})")
     return 0
+
+
+def _check_reused_data(data: Path, synth: SynthConfig) -> None:
+    """The kept data set must be the one asked for; the demo never deletes it (it is slow to make).
+
+    Raises:
+        UserError: it holds another number of identities or verification pairs.
+    """
+    from partialfc.data import read_bin
+    from partialfc.data.layout import Property
+
+    identities = Property.read(data / "property").num_classes
+    val = data / "val.bin"
+    pairs = len(read_bin(val)[1]) if val.is_file() else synth.val_pairs  # none: the trainer says
+    if (identities, pairs) != (synth.identities, synth.val_pairs):
+        raise UserError(
+            f"demo --out: {data} holds {identities} identities and {pairs} verification pairs "
+            f"from an earlier demo, not {synth.identities} and {synth.val_pairs}; give another "
+            "--out, or delete that folder"
+        )
 
 
 # --------------------------------------------------------------------------- the --out folder

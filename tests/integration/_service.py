@@ -2,7 +2,7 @@
 
 Only what this machine forces is overridden: the data folder, the output folder, a batch that
 fits 160 images, and the step counts; the data-loader workers, margin, sampling and the rest stay
-as ``configs/demo_cpu.toml`` ships them.
+as ``partialfc/configs/demo_cpu.toml`` ships them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from partialfc.data.synth import SynthConfig, synth_dataset
 from tests.runlog import step_losses
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "demo_cpu.toml"
+DEMO = REPO / "partialfc" / "configs" / "demo_cpu.toml"
 IDENTITIES, IMAGES_PER_IDENTITY = 20, 8
 
 
@@ -48,7 +48,7 @@ def demo_overrides(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def train(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m partialfc.train configs/demo_cpu.toml ARGS`` from the repository root."""
+    """``python -m partialfc.train partialfc/configs/demo_cpu.toml ARGS`` from the repository root."""
     return subprocess.run(
         [sys.executable, "-m", "partialfc.train", str(DEMO), *args],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from partialfc import configs
 from partialfc.train.config import Config
 from tests.integration._deploy import (
     K8S,
@@ -201,9 +202,9 @@ def test_the_config_maps_hold_configs_that_load(rendered, tmp_path: Path) -> Non
 def test_the_k8s_config_copies_follow_the_shipped_configs() -> None:
     # kustomize reads no file outside the kustomization's folder, hence the copies.
     base = K8S / "base" / "train.toml"
-    assert base.read_text() == (REPO / "configs" / "ms1mv3_r50.toml").read_text()
+    assert base.read_text() == configs.read_text("ms1mv3_r50")
     smoke = tomllib.loads((K8S / "overlays" / "cpu-smoke" / "train.toml").read_text())
-    demo = tomllib.loads((REPO / "configs" / "demo_cpu.toml").read_text())
+    demo = tomllib.loads(configs.read_text("demo_cpu"))
     demo["data"]["root"] = "/data/demo"
     demo["train"]["output_dir"] = "/checkpoints/demo"
     demo["eval"]["sets"] = ["/data/demo/val.bin"]

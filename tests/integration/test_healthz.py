@@ -1,4 +1,4 @@
-"""/healthz of a real trainer (configs/demo_cpu.toml under torchrun, loader workers as shipped):
+"""/healthz of a real trainer (partialfc/configs/demo_cpu.toml under torchrun, loader workers as shipped):
 200 while steps complete, 503 while a peer rank is stopped (SIGSTOP), 200 again once it resumes;
 and a busy metrics port, which is one line naming the port and exit 2."""
 
@@ -19,7 +19,7 @@ from partialfc.data.synth import SynthConfig, synth_dataset
 from tests.http import http_get
 
 REPO = Path(__file__).resolve().parents[2]
-DEMO = REPO / "configs" / "demo_cpu.toml"
+DEMO = REPO / "partialfc" / "configs" / "demo_cpu.toml"
 STALL = 10  # metrics.stall_seconds: several steady steps of the demo on two loaded cores
 BUSY = (
     "is already in use by another process; stop what holds it, or set metrics.port to a free port "

@@ -1,4 +1,4 @@
-"""Log lines of a real two-rank run (configs/demo_cpu.toml under torchrun, gloo): time, level and
+"""Log lines of a real two-rank run (partialfc/configs/demo_cpu.toml under torchrun, gloo): time, level and
 rank on every line; rank 0 alone logs INFO unless --log-all-ranks or [metrics] log_all_ranks (and
 rank 0 alone writes TensorBoard events)."""
 

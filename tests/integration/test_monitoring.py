@@ -1,5 +1,5 @@
 """k8s/monitoring: the Grafana dashboard and the PrometheusRule name only series that a real run
-exports (a run of configs/demo_cpu.toml is scraped), promtool accepts the rules and the dashboard's
+exports (a run of partialfc/configs/demo_cpu.toml is scraped), promtool accepts the rules and the dashboard's
 queries, each alert fires on the failure it is for and not on a healthy run, and every overlay
 includes the component."""
 
@@ -93,7 +93,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def scraped(tmp_path_factory) -> str:
-    """/metrics of a real run (configs/demo_cpu.toml) after it has evaluated and checkpointed."""
+    """/metrics of a real run (partialfc/configs/demo_cpu.toml) after it has evaluated and checkpointed."""
     root = tmp_path_factory.mktemp("scrape")
     data, out, log = make_dataset(root / "data"), root / "run", root / "train.log"
     port = _free_port()

@@ -194,7 +194,7 @@ def test_the_launcher_checks_before_torchrun_spawns_anything(data, tmp_path) -> 
     out = tmp_path / "run"
     missing = tmp_path / "agedb_30.bin"
     result = subprocess.run(
-        ["bash", str(REPO / "launch" / "train.sh"), "--nproc", "2", str(REPO / "configs" / "demo_cpu.toml"),
+        ["bash", str(REPO / "launch" / "train.sh"), "--nproc", "2", str(REPO / "partialfc" / "configs" / "demo_cpu.toml"),
          *demo_overrides(data, out), f"--eval.sets={missing}"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHON": sys.executable},

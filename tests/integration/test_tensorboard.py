@@ -1,4 +1,4 @@
-"""TensorBoard event files of a real run of configs/demo_cpu.toml, read back with TensorBoard's own
+"""TensorBoard event files of a real run of partialfc/configs/demo_cpu.toml, read back with TensorBoard's own
 reader: every series the trainer promises, the values metrics.jsonl holds, and after a resume that
 redoes steps, each step once with the values of the run that continued."""
 

@@ -13,7 +13,7 @@ from partialfc.metrics.ports import bind_error
 from partialfc.train.config import Config
 from tests.http import http_get
 
-DEMO = Path(__file__).resolve().parents[3] / "configs" / "demo_cpu.toml"
+DEMO = Path(__file__).resolve().parents[3] / "partialfc" / "configs" / "demo_cpu.toml"
 
 
 class Clock:

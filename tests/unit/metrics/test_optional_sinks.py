@@ -21,7 +21,7 @@ from partialfc.metrics.weights_and_biases import (
 from partialfc.train.config import Config
 
 REPO = Path(__file__).resolve().parents[3]
-DEMO = REPO / "configs" / "demo_cpu.toml"
+DEMO = REPO / "partialfc" / "configs" / "demo_cpu.toml"
 needs_no_wandb = pytest.mark.skipif(wandb_available(), reason="wandb is installed here")
 
 

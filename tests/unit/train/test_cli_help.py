@@ -13,7 +13,7 @@ from partialfc.train import config, options
 from partialfc.train.config import Config
 
 ROOT = Path(__file__).resolve().parents[3]
-DEMO = ROOT / "configs" / "demo_cpu.toml"
+DEMO = ROOT / "partialfc" / "configs" / "demo_cpu.toml"
 
 
 def _fields():
