@@ -6,7 +6,7 @@ The checkpoint folder (or a run's ``output_dir``: its newest checkpoint) holds t
 onnxruntime at batch sizes 1 and 7: the largest difference, relative to the embeddings' scale
 (``max|ort - torch| / max(1, max|torch|)``), and the largest difference of the unit embeddings
 (what verification compares) must both stay within ``--atol`` (1e-4 by default). ``--fp16``
-writes float16 weights, inputs and outputs, checked against the float32 model within 1e-2.
+writes float16 weights, inputs and outputs, checked against the float32 model within 2e-2.
 ``--state-dict`` writes the plain backbone ``state_dict`` for PyTorch users.
 """
 
@@ -56,9 +56,9 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, Config]:
 # Dimensions the exporter keeps symbolic: the batch only (faces are always aligned to a fixed size).
 BATCH = "batch"
 # Defaults of ``--atol``: float32 reproduces PyTorch to rounding; float16 keeps 11 significant bits,
-# so each layer adds about 5e-4 relative error (measured: README, "Export").
+# so each layer adds rounding error: 3e-4 (tinyface) to 1.5e-2 (mobilefacenet) measured (README).
 FP32_ATOL = 1e-4
-FP16_ATOL = 1e-2
+FP16_ATOL = 2e-2
 
 
 def export_onnx(
