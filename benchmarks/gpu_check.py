@@ -11,10 +11,10 @@ budget), so one hung step cannot eat the others' time:
 
 Writes ``benchmarks/results/gpu-<date>.json`` and ``gpu-<date>.md``: pass/fail, seconds and output
 tail of each step, the head's table, training throughput (median samples/s after the first 10
-steps) and peak CUDA memory. Uses the interpreter it runs under, with the torch and Triton that
-the host already has (torch >= 2.4 and Triton >= 3.2; written against torch 2.11 + Triton 3.6 and
-2.13 + 3.6); the repository is put on ``PYTHONPATH``, nothing is installed. Without CUDA it says so
-and exits 0. Exit status 1 when a step fails.
+steps) and peak CUDA memory. Uses the interpreter it runs under, with the torch and Triton the
+host already has (the GPU host of this project: torch 2.11 + Triton 3.6), the repository put on
+``PYTHONPATH``; nothing is installed. Without CUDA it says so and exits 0. Exit status 1 when a
+step fails (or, on CUDA, when every GPU test skipped).
 
     python benchmarks/gpu_check.py                      # on the GPU host
     python benchmarks/gpu_check.py --device cpu --tiny  # the machinery on CPU, in a minute
@@ -66,7 +66,7 @@ class Step:
 def run_step(step: Step, deadline: float, env: dict[str, str]) -> None:
     """Runs ``step`` until it ends, its timeout or ``deadline``, whichever is first."""
     limit = min(step.timeout_s, deadline - time.monotonic())
-    if limit <= 1:
+    if limit < 1:  # not even a second: the step could not start its interpreter
         step.status, step.output_tail = "not run", "no time left in the budget"
         return
     start = time.monotonic()
@@ -174,7 +174,7 @@ def build_steps(args: argparse.Namespace, work: Path) -> tuple[list[Step], dict[
     train_shell = " && ".join(_quote(c) for c in (synth_cmd, train_cmd))
     tests_cmd = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"]
     head_cmd = [py, str(REPO / "benchmarks" / "head.py"), "--device", args.device, *head]
-    # Timeouts: 180 + 150 + 150 s is the budget; a step that ends early leaves its time to the next.
+    # 180 + 150 + 150 s = the 8-minute budget; a step's limit is also cut to what is left of it.
     steps = [
         Step("tests", tests_cmd, 180),
         Step("head", [*head_cmd, "--out", str(head_json)], 150),
