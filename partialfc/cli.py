@@ -1,7 +1,9 @@
 """The ``partialfc`` command line: one sub-command per module, each imported only when run.
 
-A sub-command module exposes ``configure(parser)`` (adds its arguments) and ``run(args) -> int``.
-Register a new one by adding a line to ``COMMANDS``.
+A sub-command lives in :mod:`partialfc.commands` (argument parsing and printing only; the work is
+done by the library modules it calls) and exposes ``configure(parser)`` (adds its arguments) and
+``run(args) -> int``. Register a new one by adding a line to ``COMMANDS``. This is the only module
+that imports :mod:`partialfc.commands`.
 """
 
 from __future__ import annotations
@@ -16,26 +18,35 @@ from partialfc.errors import debug_requested, run_reporting_user_errors
 # name -> (module, one-line help). Modules are imported lazily so `partialfc --help` stays fast
 # and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("partialfc.demo", "run the embedded demo (no GPU, no downloads)"),
-    "pack": ("partialfc.data.packer", "pack an image folder or .lst into insightface RecordIO"),
-    "inspect": ("partialfc.data.inspect", "summarise (and --verify) an insightface RecordIO set"),
-    "synth": ("partialfc.data.synth", "generate a synthetic face dataset and a verification .bin"),
+    "demo": ("partialfc.commands.demo", "run the embedded demo (no GPU, no downloads)"),
+    "pack": ("partialfc.commands.pack", "pack an image folder or .lst into insightface RecordIO"),
+    "inspect": (
+        "partialfc.commands.inspect",
+        "summarise (and --verify) an insightface RecordIO set",
+    ),
+    "synth": (
+        "partialfc.commands.synth",
+        "generate a synthetic face dataset and a verification .bin",
+    ),
     "eval": (
-        "partialfc.eval.cli",
+        "partialfc.commands.eval",
         "verification accuracy (and VAL@FAR, XNorm) of a checkpoint or ONNX model on .bin sets",
     ),
     "eval-ijb": (
-        "partialfc.eval.ijb_cli",
+        "partialfc.commands.eval_ijb",
         "IJB-B/C 1:1 TAR@FAR of a checkpoint or an ONNX model (insightface's IJB layout)",
     ),
-    "export": ("partialfc.export", "export a checkpoint's backbone to ONNX or a state_dict"),
+    "export": (
+        "partialfc.commands.export",
+        "export a checkpoint's backbone to ONNX or a state_dict",
+    ),
     "convert": (
-        "partialfc.legacy.convert",
+        "partialfc.commands.convert",
         "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet), "
         "and arcface_torch runs to partialfc (arcface-torch)",
     ),
     "import-config": (
-        "partialfc.legacy.arcface_config",
+        "partialfc.commands.import_config",
         "print an arcface_torch config (configs/NAME.py, read, never executed) as partialfc TOML",
     ),
 }

@@ -1,8 +1,8 @@
-"""``partialfc export CHECKPOINT --onnx model.onnx``: the trained backbone for inference.
+"""The trained backbone for inference (``partialfc export CHECKPOINT --onnx model.onnx``).
 
-The checkpoint folder (or a run's ``output_dir``: its newest checkpoint) holds the run's
-``config.json``, which names the backbone; its weights are loaded, exported by the dynamo exporter
-(``torch.onnx.export(..., dynamo=True)``) with a dynamic batch dimension and checked against
+:func:`~partialfc.checkpoint.load_backbone` rebuilds a checkpoint's backbone from its
+``config.json`` and weights; :func:`export_onnx` exports it with the dynamo exporter
+(``torch.onnx.export(..., dynamo=True)``) with a dynamic batch dimension and checks it against
 onnxruntime at batch sizes 1 and 7: the largest difference, relative to the embeddings' scale
 (``max|ort - torch| / max(1, max|torch|)``), and the largest difference of the unit embeddings
 (what verification compares) must both stay within ``--atol`` (1e-4 by default). ``--fp16``
@@ -12,10 +12,8 @@ writes float16 weights, inputs and outputs, checked against the float32 model wi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -24,34 +22,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 
-from partialfc import backbones
-from partialfc.train.checkpoint import resolve
-from partialfc.train.config import Config
+# Where the command and earlier code found it; it reads checkpoints, so it lives with them.
+from partialfc.checkpoint import load_backbone
 
 if TYPE_CHECKING:
     from torch.onnx import ONNXProgram
 
-
-def load_backbone(path: str | Path) -> tuple[nn.Module, Config]:
-    """The backbone of a checkpoint, in eval mode, with the run's config."""
-    ckpt = resolve(path)
-    config_file = ckpt / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(
-            f"{ckpt} has no config.json; was it written by partialfc's trainer?"
-        )
-    cfg = Config.from_saved(json.loads(config_file.read_text()))
-    model = backbones.create(
-        cfg.model.backbone, embedding_size=cfg.model.embedding_size, dropout=cfg.model.dropout
-    )
-    state = {"model": model.state_dict()}
-    dcp.load(state, checkpoint_id=ckpt, no_dist=True)
-    model.load_state_dict(state["model"])
-    return model.eval(), cfg
-
+__all__ = ["FP16_ATOL", "FP32_ATOL", "export_onnx", "load_backbone", "onnx_program"]
 
 # Dimensions the exporter keeps symbolic: the batch only (faces are always aligned to a fixed size).
 BATCH = "batch"
@@ -152,37 +131,3 @@ def _quiet_registration() -> Iterator[None]:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir")
-    parser.add_argument("--onnx", type=Path, help="write an ONNX model here")
-    parser.add_argument(
-        "--state-dict", type=Path, help="write the backbone's state_dict here (torch.save)"
-    )
-    parser.add_argument(
-        "--fp16",
-        action="store_true",
-        help="float16 weights, inputs and outputs (half the size; checked against float32)",
-    )
-    parser.add_argument(
-        "--atol",
-        type=float,
-        help=f"largest accepted ONNX difference ({FP32_ATOL:g}; {FP16_ATOL:g} with --fp16)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.onnx is None and args.state_dict is None:
-        raise SystemExit("partialfc export: give --onnx and/or --state-dict")
-    model, cfg = load_backbone(args.checkpoint)
-    if args.state_dict is not None:
-        torch.save(model.state_dict(), args.state_dict)
-        print(
-            f"wrote {args.state_dict} ({cfg.model.backbone}, embedding {cfg.model.embedding_size})"
-        )
-    if args.onnx is not None:
-        worst = export_onnx(model, args.onnx, atol=args.atol, fp16=args.fp16)
-        kind = " (float16)" if args.fp16 else ""
-        print(f"wrote {args.onnx}{kind}; onnxruntime matches PyTorch to {worst:.1e}")
-    return 0

@@ -6,7 +6,6 @@ each bad record by key and byte offset, exiting non-zero if there is any.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,29 +129,3 @@ def verify(root: str | os.PathLike[str], progress: bool = False) -> Iterator[Pro
                 yield Problem(key, offset, str(exc))
     finally:
         record.close()
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Adds the ``inspect`` arguments."""
-    parser.add_argument("dataset", help="folder with train.rec, train.idx, property (or a .rec)")
-    parser.add_argument(
-        "--verify", action="store_true", help="decode every record; report bad ones; exit 1 if any"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs ``partialfc inspect``; returns 1 when ``--verify`` finds a bad record."""
-    if not args.verify:
-        print(summarize(args.dataset).format())
-        return 0
-    try:
-        print(summarize(args.dataset).format())
-    except ValueError as exc:  # a header too broken to summarise: still verify every record
-        print(f"summary unavailable: {exc}")
-    problems = 0
-    for problem in verify(args.dataset, progress=not args.no_progress):
-        problems += 1
-        print(f"BAD {problem}")
-    print(f"verify: {problems} bad record(s)" if problems else "verify: all records OK")
-    return 1 if problems else 0

@@ -7,6 +7,11 @@ larger "loose crop" photo by a random similarity (scale, rotation, shift), so al
 to do; its five landmarks are where that placement puts the ArcFace template's points, plus a
 pixel of detector noise, and its faceness score is drawn in [0.5, 1]. Pairs: every two templates
 of one subject (label 1) and as many pairs of different subjects (label 0).
+
+The 1:N protocol, in NIST's CSVs beside the 1:1 files: the subjects are split at random into two
+disjoint galleries (``G1``/``G2``, ``S1``/``S2`` for IJB-B) of one template each, the subject's
+first; all their other templates are the mixed probes, so every probe is mated in exactly one
+gallery, as in IJB-C.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from partialfc.data.synth_faces import identity_params, render_face
 
 _SUBJECTS = 5  # random stream of the subjects' identities, apart from synth's 0..4
 _LAYOUT = 6  # stream of the template / media / frame structure and of the pairs
+_GALLERY = 7  # stream of the 1:N gallery split (its own, so the 1:1 files stay as they were)
+_CSV_HEADER = "TEMPLATE_ID,SUBJECT_ID,FILENAME,SIGHTING_ID\n"
 
 
 @dataclass(frozen=True)
@@ -94,10 +101,11 @@ def synth_ijb(
     workers: int | None = None,
     progress: bool = False,
 ) -> dict[str, int]:
-    """Writes ``root/loose_crop/*.jpg`` and ``root/meta/<t>_*.txt``.
+    """Writes ``root/loose_crop/*.jpg``, ``root/meta/<t>_*.txt`` and the 1:N ``<t>_1N_*.csv``.
 
     Returns:
-        Counts: ``images``, ``templates``, ``pairs``, ``same`` (same-subject pairs).
+        Counts: ``images``, ``templates``, ``pairs``, ``same`` (same-subject pairs),
+        ``probes`` (1:N probe templates) and the number of subjects of each gallery.
     """
     cfg = cfg or SynthIJBConfig()
     root = Path(root)
@@ -143,9 +151,40 @@ def synth_ijb(
             five_points.write(f"{name} {points} {score:.4f}\n")
     pairs = np.stack([t1[keep] + 1, t2[keep] + 1, same[keep].astype(int)], axis=1)
     np.savetxt(f"{prefix}_template_pair_label.txt", pairs, fmt="%d")
+    galleries = _write_1n(prefix, cfg, faces, subjects)
     return {
         "images": len(faces),
         "templates": int(subjects.size),
         "pairs": int(keep.size),
         "same": int(same.sum()),
+        "probes": int(subjects.size - cfg.subjects),
+        **galleries,
     }
+
+
+def _write_1n(
+    prefix: str,
+    cfg: SynthIJBConfig,
+    faces: list[tuple[int, int, int]],
+    template_subject: np.ndarray,
+) -> dict[str, int]:
+    """The two galleries and the mixed probes as NIST's CSVs, one row per image; their sizes."""
+    galleries = ("S1", "S2") if cfg.target == "IJBB" else ("G1", "G2")
+    order = np.random.default_rng([cfg.seed, _GALLERY]).permutation(cfg.subjects)
+    in_first = np.zeros(cfg.subjects, dtype=bool)
+    in_first[order[: cfg.subjects // 2]] = True
+    # Template ids are 1-based and a subject's templates consecutive: its first is its gallery's.
+    first_template = 1 + np.arange(cfg.subjects) * cfg.templates_per_subject
+    assert (template_subject[first_template - 1] == np.arange(cfg.subjects)).all()
+    keys = [f"gallery_{g}" for g in galleries] + ["probe_mixed"]
+    rows: dict[str, list[str]] = {key: [_CSV_HEADER] for key in keys}
+    for i, (subject, template, media) in enumerate(faces):
+        if template == first_template[subject]:
+            key = keys[0] if in_first[subject] else keys[1]
+        else:
+            key = keys[2]
+        # NIST's FILENAMEs are not insightface's loose_crop names; eval-ijb never reads them.
+        rows[key].append(f"{template},{subject + 1},img/{i + 1}.jpg,{media}\n")
+    for key in keys:
+        Path(f"{prefix}_1N_{key}.csv").write_text("".join(rows[key]))
+    return {keys[0]: int(in_first.sum()), keys[1]: int((~in_first).sum())}

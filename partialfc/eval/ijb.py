@@ -114,8 +114,13 @@ def _read_named_rows(
     return names, table
 
 
-def read_meta(root: str | os.PathLike[str], target: str) -> IJBMeta:
+def read_meta(root: str | os.PathLike[str], target: str, pairs: bool = True) -> IJBMeta:
     """Reads and cross-checks ``target``'s three metadata files under ``root``.
+
+    Args:
+        root: the IJB folder.
+        target: ``IJBC`` or ``IJBB``.
+        pairs: read the 1:1 pair file too (1:N alone needs only the images: no pairs then).
 
     Raises:
         UserFileError: a file is missing.
@@ -123,6 +128,8 @@ def read_meta(root: str | os.PathLike[str], target: str) -> IJBMeta:
             that has no image.
     """
     files = meta_files(root, target)
+    if not pairs:
+        del files["pairs"]
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise UserFileError(*(f"{p}: no such IJB metadata file" for p in missing))
@@ -142,6 +149,9 @@ def read_meta(root: str | os.PathLike[str], target: str) -> IJBMeta:
             else f"{len(names)} and {len(lmk_names)} images"
         )
         raise IJBError(f"{files['faces']} and {files['landmarks']} list different images: {where}")
+    if not pairs:
+        none = np.zeros(0, dtype=np.int64)
+        return IJBMeta(names, templates, medias, landmarks, det_scores, none, none, none)
     t1, t2, labels = _read_pairs(files["pairs"])
     unknown = np.setdiff1d(np.r_[t1, t2], templates)
     if unknown.size:

@@ -75,12 +75,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
         raise UserFileError(f"{path}: no such model (an .onnx file or a checkpoint folder)")
     if path.suffix.lower() == ".onnx":
         return OnnxBackbone(path, device).eval(), f"ONNX {path.name}"
-    # The checkpoint reader lives with the trainer; imported here so ONNX users never load it.
-    from partialfc.export import load_backbone
+    from partialfc.checkpoint import load_backbone  # raises UserFileError naming the folder
 
-    try:
-        model, cfg = load_backbone(path)
-    except FileNotFoundError as exc:
-        raise UserFileError(str(exc)) from None
-    described = f"{cfg.model.backbone} (embedding {cfg.model.embedding_size}) from {path}"
+    model, saved = load_backbone(path)
+    described = f"{saved.backbone} (embedding {saved.embedding_size}) from {path}"
     return model.to(device).eval(), described

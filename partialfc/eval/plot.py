@@ -19,10 +19,13 @@ def roc_png(
     marks: dict[float, float],
     title: str,
     far_range: tuple[float, float] = (1e-6, 1.0),
+    x_label: str = "FAR (false accept rate)",
+    y_label: str = "TAR",
 ) -> None:
     """Writes the ROC ``(far, tar)`` (points in increasing FAR) with the ``marks`` {far: tar}.
 
-    The curve is drawn as a staircase: at each FAR the best TAR reached at or below it.
+    The curve is drawn as a staircase: at each FAR the best TAR reached at or below it. 1:N
+    draws TPIR against FPIR with the same function (other axis labels).
     """
     from PIL import Image, ImageDraw
 
@@ -54,6 +57,6 @@ def roc_png(
         draw.ellipse([x - 4, y - 4, x + 4, y + 4], outline=_MARK, width=2)
         draw.text((x + 6, y + 4), f"{100 * t:.2f}", fill=_MARK)
     draw.text((_LEFT, 12), title, fill="black")
-    draw.text((_LEFT + width // 2 - 60, _H - 24), "FAR (false accept rate)", fill="black")
-    draw.text((6, _TOP - 20), "TAR", fill="black")
+    draw.text((_LEFT + width // 2 - 60, _H - 24), x_label, fill="black")
+    draw.text((6, _TOP - 20), y_label, fill="black")
     image.save(path, format="PNG")

@@ -181,7 +181,7 @@ class PartialFC(nn.Module):
                 f"state holds classes [{state['class_start']}, "
                 f"{state['class_start'] + state['num_local']}) but this rank owns "
                 f"[{self.class_start}, {self.class_start + self.num_local}); reshard with "
-                "partialfc.train.checkpoint to change the number of ranks"
+                "partialfc.checkpoint to change the number of ranks"
             )
         self.step = int(state["step"])
 

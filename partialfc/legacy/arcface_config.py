@@ -10,14 +10,13 @@ printed TOML has every setting that maps and a comment for each that does not.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import operator
 from pathlib import Path
 from typing import Any
 
-from partialfc.errors import UserError, UserFileError
+from partialfc.errors import UserFileError
 
 # arcface_torch's configs/base.py (the values every job config starts from).
 BASE: dict[str, Any] = {
@@ -273,27 +272,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string
     return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=["arcface_torch"], help="the config's origin")
-    parser.add_argument("config", type=Path, help="the config file (configs/NAME.py)")
-    parser.add_argument(
-        "--base", type=Path, help="its configs/base.py (default: beside it, else arcface_torch's)"
-    )
-    parser.add_argument(
-        "--world-size", type=int, default=8, help="GPUs of the arcface_torch run (default 8)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.world_size < 1:
-        raise UserError(f"--world-size: must be >= 1, got {args.world_size}")
-    base_file = args.base or args.config.parent / "base.py"
-    base, skipped = {}, []
-    if base_file.is_file() and base_file.resolve() != args.config.resolve():
-        base, skipped = read_config(base_file)
-    values, more = read_config(args.config)
-    sections, notes = to_partialfc({**base, **values}, args.world_size, args.config.stem)
-    print(to_toml(sections, notes, skipped + more), end="")
-    return 0

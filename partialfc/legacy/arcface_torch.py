@@ -60,7 +60,7 @@ def convert(src: str | Path, out: str | Path, gradient_acc: int = 1) -> ArcfaceT
     Raises:
         UserError: no such folder, none of the files, missing ranks, or inconsistent shards.
     """
-    from partialfc.train import checkpoint
+    from partialfc import checkpoint
 
     src = Path(src)
     if not src.is_dir():

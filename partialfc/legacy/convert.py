@@ -24,7 +24,6 @@ symbol. Both directions copy arrays bit for bit, so mxnet -> torch -> mxnet is l
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import dataclass, field
@@ -34,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from partialfc.checkpoint.run import CONFIG_FILE, SavedRun
 from partialfc.errors import UserError
 from partialfc.legacy import names
 from partialfc.legacy._mx import import_mxnet
+from partialfc.margins import CombinedMargin, Margin
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,8 @@ def mxnet_to_torch(prefix: str, epoch: int, out: str | Path) -> Conversion:
         FileNotFoundError: no ``PREFIX-EPOCH.params``.
         ValueError: it holds neither ``fc7_weight`` nor a fresnet backbone.
     """
+    from partialfc import checkpoint
     from partialfc.backbones.iresnet import IResNet
-    from partialfc.train import checkpoint
 
     params = _read_params(prefix, epoch)
     state: dict[str, Any] = {}
@@ -189,17 +190,17 @@ def mxnet_to_torch(prefix: str, epoch: int, out: str | Path) -> Conversion:
 
 
 def _config_json(backbone: str, emb: int, num_classes: int, state: dict[str, Any]) -> bytes:
-    from partialfc.train.config import Config
-
-    # The data section is a placeholder that validates (the synthetic loader); a training run
-    # sets its own data.root. export and eval read only the model section.
+    # Only what the run's config must say; the trainer's Config.from_saved fills in the defaults
+    # (tests/unit/legacy/test_convert.py reads it so). The data section is a placeholder (the
+    # synthetic loader); a training run sets its own data.root. export and eval read the model.
     raw: dict[str, Any] = {
-        "model": {"backbone": backbone, "embedding_size": emb},
+        "model": {"backbone": backbone, "embedding_size": emb, "dropout": 0.0},
         "data": {"loader": "synthetic", "num_classes": max(num_classes, 1)},
+        # insightface's default (m1, m2, m3) = (1, 0.5, 0) is ArcFace; softmax is the only
+        # partialfc head with a class bias
+        "head": {"margin": "softmax" if "head.bias" in state else "arcface"},
     }
-    if "head.bias" in state:
-        raw["head"] = {"margin": "softmax"}  # the only partialfc head with a class bias
-    return json.dumps(Config.from_dict(raw).to_dict(), indent=2).encode()
+    return json.dumps(raw, indent=2).encode()
 
 
 # --------------------------------------------------------------------------- torch -> MXNet
@@ -217,7 +218,7 @@ def torch_to_mxnet(checkpoint_path: str | Path, out_prefix: str, epoch: int = 0)
     """
     import torch.distributed.checkpoint as dcp
 
-    from partialfc.train.checkpoint import read_class_centers, resolve
+    from partialfc.checkpoint import load_backbone, read_class_centers, read_run, resolve
 
     mx = import_mxnet()
     _make_prefix_folder(out_prefix)  # before reading the checkpoint: a bad path costs nothing
@@ -231,11 +232,9 @@ def torch_to_mxnet(checkpoint_path: str | Path, out_prefix: str, epoch: int = 0)
     if "fc7_weight" in arrays:
         result.num_classes, result.embedding_size = arrays["fc7_weight"].shape
 
-    cfg = _read_config(path)
+    saved: SavedRun | None = read_run(path) if (path / CONFIG_FILE).is_file() else None
     units: tuple[int, ...] | None = None
-    if cfg is not None and cfg.model.backbone.startswith("iresnet"):
-        from partialfc.export import load_backbone
-
+    if saved is not None and saved.backbone.startswith("iresnet"):
         model, _ = load_backbone(path)
         units = tuple(
             len(stage) for stage in (model.layer1, model.layer2, model.layer3, model.layer4)
@@ -247,15 +246,17 @@ def torch_to_mxnet(checkpoint_path: str | Path, out_prefix: str, epoch: int = 0)
                     result.unmapped.append(key)
                 continue
             arrays[mx_name] = value.detach().cpu().numpy()
-        result.backbone = cfg.model.backbone
-        result.embedding_size = result.embedding_size or cfg.model.embedding_size
-    elif cfg is not None:
-        log.warning("backbone %s has no MXNet layout here; only the class centres are written",
-                    cfg.model.backbone)  # fmt: skip
+        result.backbone = saved.backbone
+        result.embedding_size = result.embedding_size or saved.embedding_size
+    elif saved is not None:
+        log.warning(
+            "backbone %s has no MXNet layout here; only the class centres are written",
+            saved.backbone,
+        )
     if not arrays:
         raise ValueError(f"{path} holds no head.weight and no iresnet backbone to convert")
 
-    symbol = _training_symbol(mx, cfg, units, result, has_bias="fc7_bias" in arrays)
+    symbol = _training_symbol(mx, saved, units, result, has_bias="fc7_bias" in arrays)
     arg = {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items() if not names.is_aux(k)}
     aux = {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items() if names.is_aux(k)}
     mx.model.save_checkpoint(out_prefix, epoch, symbol, arg, aux)
@@ -284,17 +285,12 @@ def _make_prefix_folder(out_prefix: str | Path) -> None:
         ) from None
 
 
-def _read_config(path: Path) -> Any:
-    from partialfc.train.config import Config
-
-    config_file = path / "config.json"
-    if not config_file.exists():
-        return None
-    return Config.from_saved(json.loads(config_file.read_text()))
-
-
 def _training_symbol(
-    mx: Any, cfg: Any, units: tuple[int, ...] | None, result: Conversion, has_bias: bool
+    mx: Any,
+    saved: SavedRun | None,
+    units: tuple[int, ...] | None,
+    result: Conversion,
+    has_bias: bool,
 ) -> Any:
     """insightface's training symbol for the converted arrays (the embedding alone, without fc7)."""
     from partialfc.legacy.fresnet import PARTIALFC_BN_EPS, PARTIALFC_INPUT_SCALE, fresnet_embedding
@@ -303,7 +299,7 @@ def _training_symbol(
     if units is not None:
         # The trained function exactly: partialfc's BatchNorm eps and input scaling on 0-255 pixels.
         embedding = fresnet_embedding(
-            units, result.embedding_size, bn_eps=PARTIALFC_BN_EPS, dropout=cfg.model.dropout,
+            units, result.embedding_size, bn_eps=PARTIALFC_BN_EPS, dropout=saved.dropout if saved else 0.0,
             input_scale=PARTIALFC_INPUT_SCALE,
         )  # fmt: skip
     else:
@@ -314,13 +310,13 @@ def _training_symbol(
         "num_classes": result.num_classes, "emb_size": result.embedding_size, "fc7_lr_mult": 1.0,
         "fc7_wd_mult": 1.0, "ce_loss": False, "fc7_no_bias": not has_bias,
     }  # fmt: skip
-    head = cfg.head if cfg is not None else None
+    margin = saved.margin() if saved is not None else None
     if has_bias:
         sym_cfg["loss_name"] = "softmax"
     else:
-        s, m = _margins(head) if head is not None else (64.0, (1.0, 0.5, 0.0))
+        s, m = _margins(margin) if margin is not None else (64.0, (1.0, 0.5, 0.0))
         if m is None:
-            log.warning("margin %s has no insightface symbol; writing NormFace", head.margin)
+            log.warning("margin %s has no insightface symbol; writing NormFace", margin)
             m = (1.0, 0.0, 0.0)
         sym_cfg.update(
             loss_name="margin_softmax", loss_s=s, loss_m1=m[0], loss_m2=m[1], loss_m3=m[2]
@@ -328,78 +324,9 @@ def _training_symbol(
     return get_symbol(sym_cfg, embedding)
 
 
-def _margins(head: Any) -> tuple[float, tuple[float, float, float] | None]:
-    """The scale and insightface's (m1, m2, m3) of the config's margin; None: it has none (a
+def _margins(margin: Margin) -> tuple[float, tuple[float, float, float] | None]:
+    """The scale and insightface's (m1, m2, m3) of the run's margin; None: it has none (a
     margin that is not a CombinedMargin: NormFace is written instead)."""
-    from partialfc.margins import CombinedMargin
-
-    margin = head.build_margin()
     if isinstance(margin, CombinedMargin):
         return margin.scale, (margin.m1, margin.m2, margin.m3)
     return 64.0, None
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
-    m2t = sub.add_parser("mxnet2torch", help="insightface MXNet checkpoint -> partialfc checkpoint")
-    m2t.add_argument(
-        "prefix", help="MXNet checkpoint prefix (PREFIX-symbol.json, PREFIX-%%04d.params)"
-    )
-    m2t.add_argument("epoch", type=int, help="epoch number of the .params file")
-    m2t.add_argument("out", type=Path, help="output folder (a partialfc output_dir)")
-    t2m = sub.add_parser("torch2mxnet", help="partialfc checkpoint -> MXNet checkpoint")
-    t2m.add_argument("checkpoint", help="a checkpoint folder or a run's output_dir")
-    t2m.add_argument("out_prefix", help="MXNet checkpoint prefix to write")
-    t2m.add_argument("--epoch", type=int, default=0, help="epoch number to write (default 0)")
-    at = sub.add_parser(
-        "arcface-torch", help="insightface arcface_torch output folder -> partialfc checkpoint"
-    )
-    at.add_argument("src", type=Path, help="its output folder (model.pt, checkpoint_gpu_*.pt)")
-    at.add_argument("out", type=Path, help="output folder (a partialfc output_dir)")
-    at.add_argument(
-        "--gradient-acc",
-        type=int,
-        default=1,
-        help="the run's config.gradient_acc: global_step counts micro-batches (default 1)",
-    )
-
-
-def _run_arcface_torch(args: argparse.Namespace) -> int:
-    from partialfc.legacy.arcface_torch import convert
-
-    if args.gradient_acc < 1:
-        raise UserError(f"--gradient-acc: must be >= 1, got {args.gradient_acc}")
-    done = convert(args.src, args.out, gradient_acc=args.gradient_acc)
-    if not done.num_classes:
-        print(f"wrote {done.path}: the backbone of {args.src / 'model.pt'}, no class centres")
-        return 0
-    state = ", ".join(done.optimizer_state) or "none (starts fresh)"
-    print(
-        f"wrote {done.path}: step {done.step}, {done.num_classes} class centres of width "
-        f"{done.embedding_size} from {done.ranks} rank(s), their optimizer state: {state}"
-    )
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.direction == "arcface-torch":
-        return _run_arcface_torch(args)
-    if args.direction == "mxnet2torch":
-        done = mxnet_to_torch(args.prefix, args.epoch, args.out)
-        target = str(done.path)
-    else:
-        done = torch_to_mxnet(args.checkpoint, args.out_prefix, args.epoch)
-        target = f"{args.out_prefix}-symbol.json, {args.out_prefix}-{args.epoch:04d}.params"
-    centres = (
-        f"{done.num_classes} class centres of width {done.embedding_size}"
-        if done.num_classes
-        else "no class centres"
-    )
-    backbone = f"backbone {done.backbone}" if done.backbone else "no backbone"
-    print(f"wrote {target}: {centres}, {backbone}")
-    if done.unmapped:
-        print(f"not converted ({len(done.unmapped)}): {', '.join(done.unmapped[:10])}")
-    return 0

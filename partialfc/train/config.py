@@ -27,6 +27,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 from partialfc import backbones, margins
+from partialfc.checkpoint.run import FLAT_MARGIN_KEYS, upgrade_flat_margin
 from partialfc.errors import ConfigError, UserFileError
 from partialfc.train.schedule import piecewise_constant
 
@@ -173,7 +174,9 @@ class HeadConfig:
     fused: str = "off"
     """Triton kernels that never store the logits: on, off, or auto (on with CUDA)."""
     fused_update: bool = False
-    """The fused backward applies the centres' SGD update chunk by chunk: no dW is stored."""
+    """The fused backward applies the class-centre optimizer's update (SparseSGD or SparseAdamW,
+    ``optim.head_name``) chunk by chunk as it computes dW, so no dW is stored; needs head.fused
+    'on' or 'auto', train.grad_accum = 1 and no fp16 loss scaling."""
     init: str = "random"
     """Starting centres: random, or class_means (the normalised mean embedding of each class
     under the starting backbone, one pass over the data); not on resume."""
@@ -533,7 +536,7 @@ class Config:
     def from_saved(cls, raw: dict[str, Any]) -> Config:
         """Build from a run's ``config.json``. One written before ``[head.margin_args]`` (flat
         ``s, m1, m2, m3`` keys) is read as the margin that run trained, traps included."""
-        return cls.from_dict(_upgrade_flat_margin(raw))
+        return cls.from_dict(upgrade_flat_margin(raw))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -567,35 +570,9 @@ def _build(section_type: type, values: dict[str, Any], section: str) -> Any:
     return section_type(**good)
 
 
-# The head's flat margin keys before [head.margin_args]: each meant something else per margin.
-_FLAT_MARGIN_KEYS = ("s", "m1", "m2", "m3", "straight_through")
-
-
-def _upgrade_flat_margin(raw: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with a saved head's flat margin keys turned into the ``margin_args`` they meant."""
-    head = raw.get("head")
-    if not isinstance(head, dict) or not set(head) & set(_FLAT_MARGIN_KEYS):
-        return raw
-    head = dict(head)
-    flat = {key: head.pop(key) for key in _FLAT_MARGIN_KEYS if key in head}
-    s, m1, m2, m3 = (
-        flat.get(k, d) for k, d in (("s", 64.0), ("m1", 1.0), ("m2", 0.5), ("m3", 0.0))
-    )
-    st = flat.get("straight_through", False)
-    head["margin_args"] = {
-        "arcface": {"s": s, "m": m2, "straight_through": st},
-        "cosface": {"s": s, "m": m3, "straight_through": st},
-        "normface": {"s": s},
-        "combined": {"s": s, "m1": m1, "m2": m2, "m3": m3, "straight_through": st},
-        "sphereface": {"m": int(m1)},  # what build_margin made of m1 then
-        "lsoftmax": {"m": int(m1)},
-    }.get(head.get("margin", "arcface"), {})
-    return {**raw, "head": head}
-
-
 def _unknown_key(section: str, key: str, hints: dict[str, Any], flag: str | None = None) -> str:
     """Why ``section.key`` is refused; ``flag``: the command line's ``section.key[.entry]``."""
-    if section == "head" and key in _FLAT_MARGIN_KEYS:
+    if section == "head" and key in FLAT_MARGIN_KEYS:
         return (
             "unknown option: the margin's arguments go in [head.margin_args] by the margin's own "
             "names (arcface: s, m; cosface: s, m; combined: s, m1, m2, m3; docs/margins.md)"

@@ -14,26 +14,9 @@ from torch import nn
 
 from partialfc.distributed import all_gather_no_grad
 from partialfc.errors import UserError
+from partialfc.eval.pair_sets import load_pair_set
 from partialfc.eval.verification import VerificationResult, embed_with_norms, fold_accuracy
 from partialfc.train.runtime import Runtime
-
-_CACHE: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
-
-
-def load_pair_set(path: str | Path) -> tuple[torch.Tensor, np.ndarray]:
-    """Decoded images (N, 3, H, W) float32 in [-1, 1] and the (N/2,) same-flags of a .bin set."""
-    key = str(path)
-    if key not in _CACHE:
-        from partialfc.data import read_bin
-        from partialfc.data.dataset import normalize
-        from partialfc.data.images import decode_image
-
-        encoded, issame = read_bin(path)
-        images = np.stack([decode_image(b) for b in encoded])  # (N, H, W, 3) uint8 RGB
-        # The loaders' own normalisation, so evaluation sees exactly what training saw.
-        tensor = normalize(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-        _CACHE[key] = (tensor, np.asarray(issame, dtype=bool))
-    return _CACHE[key]
 
 
 @torch.no_grad()

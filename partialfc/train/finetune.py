@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from partialfc import checkpoint
 from partialfc.distributed import all_gather_no_grad
 from partialfc.errors import UserError, UserFileError
 from partialfc.heads import PartialFC
-from partialfc.train import checkpoint
 
 ARCFACE_TORCH_KEY = "state_dict_backbone"  # the backbone's entry of checkpoint_gpu_{rank}.pt
 SHOWN = 8  # keys listed per kind in an error; the rest are counted
@@ -75,7 +75,7 @@ def _read_partialfc(ckpt: Path) -> dict[str, torch.Tensor]:
         for key, m in meta.items()
         if key.startswith("model.") and isinstance(m, TensorStorageMetadata)
     }
-    with checkpoint._quiet_sharded_tensor():
+    with checkpoint.quiet_sharded_tensor():
         dcp.load({"model": state}, checkpoint_id=ckpt, no_dist=True)
     return state
 

@@ -21,8 +21,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from partialfc import checkpoint
 from partialfc.errors import UserError
-from partialfc.train import checkpoint, lock
+from partialfc.train import lock
 from partialfc.train.config import Config, OptimConfig
 
 MAX_LISTED = 10  # bad records listed by data.verify before "... and N more"

@@ -2,7 +2,7 @@
 
 ``head_state`` returns entries that wrap the *live* tensors (no copies): DCP saves them from there,
 and loads into them in place, each rank reading exactly the rows it owns under the current world
-size. Load with :func:`partialfc.train.checkpoint.load`, then call :func:`restore_head_state`.
+size. Load with :func:`partialfc.checkpoint.load`, then call :func:`restore_head_state`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
+from partialfc.checkpoint import row_sharded
 from partialfc.heads import PartialFC
 from partialfc.optim import RowSparseOptimizer
-from partialfc.train.checkpoint import row_sharded
 
 
 def head_state(

@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from partialfc import backbones
+from partialfc import backbones, checkpoint
 from partialfc.distributed import (
     all_gather_no_grad,
     all_reduce_max,
@@ -50,7 +50,7 @@ from partialfc.metrics import (
 )
 from partialfc.optim import RowSparseOptimizer, SparseAdamW, SparseSGD
 from partialfc.seeding import mix_seed
-from partialfc.train import checkpoint, finetune
+from partialfc.train import finetune
 from partialfc.train.config import Config
 from partialfc.train.data import build_loader, load_loader_state, loader_files
 from partialfc.train.evaluation import EvalMetrics, evaluate_sets

@@ -15,7 +15,7 @@ import torch
 from torch.testing import assert_close
 
 import partialfc as pfc
-from partialfc.train import checkpoint
+from partialfc import checkpoint
 from partialfc.train.state import head_state, restore_head_state
 from tests.distributed.harness import run_ranks
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from partialfc import backbones
+from partialfc import backbones, checkpoint
 from partialfc.cli import main as cli
 from partialfc.errors import UserError
 from partialfc.legacy.arcface_torch import convert
-from partialfc.train import checkpoint
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
 from partialfc.train.trainer import Trainer

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import partialfc as pfc
-from partialfc.train import checkpoint
+from partialfc import checkpoint
 from partialfc.train.state import head_state, restore_head_state
 from tests.distributed.harness import run_ranks
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from partialfc import checkpoint
+from partialfc.checkpoint import load_backbone
 from partialfc.data.synth import SynthConfig, synth_dataset
-from partialfc.export import load_backbone
-from partialfc.train import checkpoint
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
 from partialfc.train.schedule import learning_rate
@@ -204,7 +204,7 @@ def test_a_vit_trains_with_adamw_on_two_ranks(dataset: Path, tmp_path: Path) -> 
     assert ranks[0] == ranks[1], "DDP kept the two ranks' backbones equal"
     before, _ = load_backbone(checkpoint.checkpoint_dir(out, 1))
     after, cfg_saved = load_backbone(checkpoint.checkpoint_dir(out, 2))
-    assert cfg_saved.model.backbone == "vit_t"
+    assert cfg_saved.backbone == "vit_t"
     old = dict(before.named_parameters())
     for name, p in after.named_parameters():
         assert not torch.equal(p, old[name]), f"{name} did not move in the last step"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -55,11 +56,14 @@ def train(*args: str, timeout: float = 300, env: dict | None = None) -> subproce
     )  # fmt: skip
 
 
-def popen_train(*args: str, log: Path, torchrun: int = 0) -> subprocess.Popen:
-    """The same, in the background (under torchrun with ``torchrun`` processes when > 0)."""
+def popen_train(
+    *args: str, log: Path, torchrun: int = 0, launcher_args: Sequence[str] = ()
+) -> subprocess.Popen:
+    """The same, in the background (under torchrun with ``torchrun`` processes when > 0, with
+    torchrun's own ``launcher_args`` such as ``--max-restarts=1``)."""
     launcher = (
         ["-m", "torch.distributed.run", f"--nproc_per_node={torchrun}", "--rdzv-backend=c10d",
-         "--rdzv-endpoint=localhost:0"]
+         "--rdzv-endpoint=localhost:0", *launcher_args]
         if torchrun else []
     )  # fmt: skip
     cmd = [sys.executable, *launcher, "-m", "partialfc.train", str(DEMO), *args]

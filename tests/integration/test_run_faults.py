@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from partialfc.train import checkpoint
+from partialfc import checkpoint
 from tests.integration._service import (
     checkpoint_tensors,
     demo_overrides,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from partialfc.train import checkpoint
+from partialfc import checkpoint
 from tests.integration._service import (
     demo_overrides,
     finish,

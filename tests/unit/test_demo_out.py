@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import partialfc.commands.demo
 import partialfc.data.synth
-import partialfc.demo
 from partialfc.cli import main
 
 
@@ -41,7 +41,7 @@ def launches(monkeypatch) -> list[list[str]]:
         raise _Stopped
 
     monkeypatch.setattr(partialfc.data.synth, "synth_dataset", fake_synth)
-    monkeypatch.setattr(partialfc.demo.subprocess, "run", fake_torchrun)
+    monkeypatch.setattr(partialfc.commands.demo.subprocess, "run", fake_torchrun)
     return seen
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from partialfc.data import DatasetError, read_bin, write_bin
-from partialfc.train.evaluation import load_pair_set
+from partialfc.eval import load_pair_set
 
 
 def test_roundtrip_and_format(tmp_path):

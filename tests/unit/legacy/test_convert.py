@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import partialfc as pfc
+from partialfc import checkpoint
 from partialfc.cli import main
-from partialfc.train import checkpoint
+from partialfc.train.config import Config
 from partialfc.train.state import head_state, restore_head_state
 
 mx = pytest.importorskip("mxnet")
@@ -93,7 +94,7 @@ def test_round_trip_is_bit_identical(mxnet_checkpoint, converted: Path, tmp_path
 
 def test_written_symbol_computes_the_torch_model(converted: Path, tmp_path: Path) -> None:
     """torch2mxnet's symbol uses partialfc's eps and input scaling: the same function on pixels."""
-    from partialfc.export import load_backbone
+    from partialfc.checkpoint import load_backbone
 
     prefix = str(tmp_path / "exported")
     assert main(["convert", "torch2mxnet", str(converted), prefix]) == 0
@@ -116,6 +117,12 @@ def test_centres_and_config(mxnet_checkpoint, converted: Path) -> None:
     assert torch.equal(centres, torch.from_numpy(arg["fc7_weight"].asnumpy()))
     cfg = json.loads((checkpoint.resolve(converted) / "config.json").read_text())
     assert cfg["model"]["backbone"] == "iresnet18" and cfg["model"]["embedding_size"] == D
+    # The converter writes only what it knows; the trainer's typed config reads it with its
+    # defaults for the rest, and the margin is insightface's default (1, 0.5, 0): ArcFace.
+    typed = Config.from_saved(cfg)
+    assert (typed.model.backbone, typed.model.embedding_size) == ("iresnet18", D)
+    assert typed.data.num_classes == C and typed.head.margin == "arcface"
+    assert isinstance(checkpoint.read_run(converted).margin(), pfc.ArcFace)
 
 
 def test_head_loads_centres_like_a_resume(mxnet_checkpoint, converted: Path) -> None:
@@ -130,7 +137,7 @@ def test_head_loads_centres_like_a_resume(mxnet_checkpoint, converted: Path) -> 
 
 def test_backbone_computes_what_the_mxnet_symbol_computes(mxnet_checkpoint, converted) -> None:
     """Same function up to float32 rounding, once BN eps and input scale are partialfc's."""
-    from partialfc.export import load_backbone
+    from partialfc.checkpoint import load_backbone
 
     _, arg, aux = mxnet_checkpoint
     model, _ = load_backbone(converted)
@@ -175,7 +182,7 @@ def test_trainer_starts_from_a_converted_checkpoint(
 ) -> None:
     import shutil
 
-    from partialfc.export import load_backbone
+    from partialfc.checkpoint import load_backbone
     from partialfc.train.config import Config
     from partialfc.train.runtime import Runtime
     from partialfc.train.trainer import Trainer

@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-from partialfc import backbones
+from partialfc import backbones, checkpoint
 from partialfc.errors import UserError
-from partialfc.train import checkpoint
 from partialfc.train import trainer as trainer_module
 from partialfc.train.config import Config
 from partialfc.train.data import build_loader

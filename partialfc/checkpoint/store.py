@@ -39,7 +39,8 @@ CENTERS_KEY = "head.weight"
 
 
 @contextmanager
-def _quiet_sharded_tensor() -> Iterator[None]:
+def quiet_sharded_tensor() -> Iterator[None]:
+    """Silences DCP's ShardedTensor deprecation notice within the block."""
     # DCP reshards a ShardedTensor with arbitrary row offsets; DTensor (its successor) only knows
     # torch.chunk splits, which differ from shard_range's. Its deprecation notice is not for users.
     with warnings.catch_warnings():
@@ -68,7 +69,7 @@ def row_sharded(
         shard_sizes=list(local.shape),
         placement=f"rank:{rank(group)}/{device}",
     )
-    with _quiet_sharded_tensor():
+    with quiet_sharded_tensor():
         return init_from_local_shards(
             [Shard(local, meta)], total_rows, *local.shape[1:], process_group=group
         )
@@ -78,7 +79,7 @@ def local_rows(value: Any) -> torch.Tensor:
     """The local tensor behind :func:`row_sharded`'s result."""
     if isinstance(value, torch.Tensor) and not hasattr(value, "local_shards"):
         return value
-    with _quiet_sharded_tensor():
+    with quiet_sharded_tensor():
         return value.local_shards()[0].tensor
 
 
@@ -129,7 +130,7 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(group)  # the folder exists before anyone writes
-    with _quiet_sharded_tensor():
+    with quiet_sharded_tensor():
         dcp.save(state, checkpoint_id=tmp, process_group=group, no_dist=not is_distributed(group))
     for name, data in (files or {}).items():
         (tmp / name).write_bytes(data)
@@ -159,7 +160,7 @@ def load(
         raise FileNotFoundError(
             f"{path} is not a complete partialfc checkpoint (no {COMPLETE} marker)"
         )
-    with _quiet_sharded_tensor():
+    with quiet_sharded_tensor():
         dcp.load(state, checkpoint_id=path, process_group=group, no_dist=not is_distributed(group))
 
 
@@ -201,7 +202,7 @@ def read_class_centers(path: str | os.PathLike, key: str = CENTERS_KEY) -> torch
     entry = metadata.state_dict_metadata[key]
     out = torch.empty(tuple(entry.size), dtype=entry.properties.dtype)
     state = {key: out}
-    with _quiet_sharded_tensor():
+    with quiet_sharded_tensor():
         dcp.load(state, checkpoint_id=path, no_dist=True)
     return state[key]
 

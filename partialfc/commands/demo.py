@@ -33,7 +33,7 @@ from partialfc.distributed import all_gather_no_grad
 from partialfc.distributed.local import run_local
 from partialfc.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "configs" / "demo_cpu.toml"
 MARKER = ".partialfc-demo.json"
 """Written into the demo's --out folder: it claims the folder and lists what the demo created."""
@@ -148,8 +148,9 @@ def _full_demo(args: argparse.Namespace) -> int:
 
 
 def _synth_train_export(args: argparse.Namespace, out: Path) -> int:
+    from partialfc.checkpoint import load_backbone
     from partialfc.data.synth import SynthConfig, synth_dataset
-    from partialfc.export import export_onnx, load_backbone
+    from partialfc.export import export_onnx
 
     data = out / DATA_DIR
     if not (data / "property").exists():

@@ -1,9 +1,11 @@
-"""``partialfc eval-ijb MODEL ROOT --target IJBC|IJBB --out DIR``: IJB-B/C 1:1 TAR@FAR.
+"""``partialfc eval-ijb MODEL ROOT --target IJBC|IJBB --out DIR``: IJB-B/C 1:1 TAR@FAR, 1:N.
 
 MODEL is a partialfc run or checkpoint folder or an ``.onnx`` file; ROOT is insightface's IJB
 layout (see :mod:`partialfc.eval.ijb`). Writes ``DIR/result.json``, ``DIR/roc.png``,
 ``DIR/scores.npy`` and the raw embeddings ``DIR/features.npy`` (reused by a later run on the
-same model, root and target, so other options re-score without embedding again). Under
+same model, root and target, so other options re-score without embedding again). With
+``--protocol 1:N`` (or ``1:1 1:N``) also the open-set identification of NIST's mixed probes in
+the two galleries (:mod:`partialfc.eval.ijb_1n_meta`), ``DIR/tpir_<gallery>.png``. Under
 torchrun every rank embeds a slice; rank 0 scores and writes.
 """
 
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from partialfc.eval.ijb_1n import DEFAULT_FPIRS, DEFAULT_RANKS, FPIR_MODES
 from partialfc.eval.roc import DEFAULT_FARS, FAR_MODES
 
 if TYPE_CHECKING:
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 
     import torch
 
+    from partialfc.eval.ijb import IJBMeta
+    from partialfc.eval.ijb_1n_meta import IJB1NMeta
     from partialfc.train.runtime import Runtime
 
 
@@ -57,6 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
             default=True,
             help=f"{what} (default: on)",
         )
+    _identification_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=4, help="image decode/align workers")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -66,10 +72,57 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def _identification_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--protocol",
+        nargs="+",
+        default=["1:1"],
+        metavar="{1:1,1:N}",
+        help="1:1 verification (default), 1:N identification, or both (1:1 1:N, or 1:1,1:N)",
+    )
+    parser.add_argument(
+        "--protocol-dir",
+        type=Path,
+        default=None,
+        help="folder of the 1:N CSVs (default: ROOT/meta, else ROOT/protocols)",
+    )
+    parser.add_argument(
+        "--fpirs",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_FPIRS),
+        help="1:N target FPIRs (default 1e-2 1e-1)",
+    )
+    parser.add_argument(
+        "--fpir-mode",
+        choices=FPIR_MODES,
+        default="at_most",
+        help="at_most: best TPIR with FPIR <= target (default); kth: Keras_insightface's rule",
+    )
+    parser.add_argument(
+        "--ranks", type=int, nargs="+", default=list(DEFAULT_RANKS), help="1:N rank-k (1 5 10)"
+    )
+
+
+def _protocols(values: list[str]) -> tuple[str, ...]:
+    """``1:1``/``1:N`` from ``--protocol`` values, commas or spaces between, any case."""
+    from partialfc.errors import ConfigError
+
+    names = {"1:1": "1:1", "11": "1:1", "1:n": "1:N", "1n": "1:N"}
+    chosen = []
+    for value in ",".join(values).split(","):
+        name = names.get(value.strip().lower())
+        if name is None:
+            raise ConfigError(f"--protocol must be 1:1 or 1:N, got {value.strip()!r}")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
 def _model_key(path: Path) -> str:
     # The file (or the newest checkpoint) and its modification time: retraining invalidates.
     if path.suffix.lower() != ".onnx":
-        from partialfc.train.checkpoint import resolve
+        from partialfc.checkpoint import resolve
 
         path = resolve(path)
     return f"{path.resolve()}@{path.stat().st_mtime_ns}"
@@ -87,10 +140,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--batch-size must be >= 1 and --workers >= 0")
     if any(not 0 < f <= 1 for f in args.fars):
         raise ConfigError(f"--fars must lie in (0, 1], got {args.fars}")
+    if any(not 0 < f <= 1 for f in args.fpirs) or any(k < 1 for k in args.ranks):
+        raise ConfigError(
+            f"--fpirs must lie in (0, 1] and --ranks be >= 1: {args.fpirs}, {args.ranks}"
+        )
+    protocols = _protocols(args.protocol)
     model_path = Path(args.model)
     if not model_path.exists():
         raise UserFileError(f"{model_path}: no such model (an .onnx file or a checkpoint folder)")
-    meta = read_meta(args.root, args.target)  # a bad root fails before any model is loaded
+    # A bad root fails before any model is loaded.
+    meta = read_meta(args.root, args.target, pairs="1:1" in protocols)
+    one_to_n = _read_1n(args, meta) if "1:N" in protocols else None
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,20 +180,69 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"using the cached features in {out / ijb_run.FEATURES_FILE}", flush=True)
     embed_s = time.perf_counter() - started
-    options = ijb_run.ScoreOptions(
-        args.flip, args.norm_score, args.detector_score, args.far_mode, tuple(args.fars)
-    )
-    result, scores, (far, tar) = ijb_run.score_protocol(meta, np.asarray(raw), options)
-    result = {"target": args.target, "model": str(model_path), **result, "embed_seconds": embed_s}
-    np.save(out / "scores.npy", scores)
+    result = {"target": args.target, "model": str(model_path), "protocols": list(protocols)}
+    written = [out / "result.json"]
+    if "1:1" in protocols:
+        options = ijb_run.ScoreOptions(
+            args.flip, args.norm_score, args.detector_score, args.far_mode, tuple(args.fars)
+        )
+        verification, scores, (far, tar) = ijb_run.score_protocol(meta, np.asarray(raw), options)
+        result.update(verification)
+        np.save(out / "scores.npy", scores)
+        marks = dict(zip(options.fars, verification["tar_at_far"].values(), strict=True))
+        roc_png(out / "roc.png", far, tar, marks, f"ROC on {args.target}: {model_path.name}")
+        print(ijb_run.table(args.target, verification))
+        written.append(out / "roc.png")
+    if one_to_n is not None:
+        result["identification"] = _identify(args, meta, one_to_n, np.asarray(raw), model_path)
+        written += [out / f"tpir_{g}.png" for g in one_to_n.galleries]
+    result["embed_seconds"] = embed_s
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    marks = dict(zip(options.fars, result["tar_at_far"].values(), strict=True))
-    roc_png(out / "roc.png", far, tar, marks, f"ROC on {args.target}: {model_path.name}")
-    print(ijb_run.table(args.target, result))
-    print(f"wrote {out / 'result.json'}, {out / 'roc.png'}")
+    print(f"wrote {', '.join(str(p) for p in written)}")
     if rt is not None:
         shutdown()
     return 0
+
+
+def _read_1n(args: argparse.Namespace, meta: IJBMeta) -> IJB1NMeta:
+    from partialfc.eval.ijb import meta_files
+    from partialfc.eval.ijb_1n_meta import read_1n_meta
+
+    faces = meta_files(args.root, args.target)["faces"]
+    return read_1n_meta(args.root, args.target, meta.templates, args.protocol_dir, faces)
+
+
+def _identify(
+    args: argparse.Namespace, meta: IJBMeta, protocol: IJB1NMeta, raw: np.ndarray, model: Path
+) -> dict:
+    """Scores, prints and plots 1:N; returns its ``result.json`` part."""
+    from partialfc.eval.ijb_1n_run import (
+        IdentificationOptions,
+        identification_table,
+        score_identification,
+    )
+    from partialfc.eval.plot import roc_png
+
+    options = IdentificationOptions(tuple(args.fpirs), tuple(args.ranks), args.fpir_mode)
+    result, curves = score_identification(
+        meta, protocol, raw, args.flip, args.norm_score, args.detector_score, options
+    )
+    for name, (fpir, tpir) in curves.items():
+        marks = dict(
+            zip(options.fpirs, result["galleries"][name]["tpir_at_fpir"].values(), strict=True)
+        )
+        roc_png(
+            args.out / f"tpir_{name}.png",
+            fpir,
+            tpir,
+            marks,
+            f"{args.target} 1:N, gallery {name}: {model.name}",
+            far_range=(1e-4, 1.0),
+            x_label="FPIR (false positive identification rate)",
+            y_label="TPIR (rank 1)",
+        )
+    print(identification_table(args.target, result))
+    return result
 
 
 def _device(choice: str, rt: Runtime | None) -> torch.device:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``eval`` arguments."""
     parser.add_argument("model", help="a checkpoint folder, a run's output_dir or an .onnx model")
     parser.add_argument("sets", nargs="+", type=Path, help="insightface .bin pair sets")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -17,11 +18,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Runs ``partialfc eval``."""
     import torch
 
+    from partialfc.eval import load_pair_set
     from partialfc.eval.models import load_model
     from partialfc.eval.verification import verify
-    from partialfc.train.evaluation import load_pair_set
 
     model, _ = load_model(args.model)
     for path in args.sets:
