@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from partialfc.errors import debug_requested, run_reporting_user_errors
+from partialfc.log import configure_logging
 
 # name -> (module, one-line help). Modules are imported lazily so `partialfc --help` stays fast
 # and optional dependencies (DALI, MXNet, ONNX) load only for the command that needs them.
@@ -44,6 +45,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "partialfc.commands.convert",
         "convert insightface MXNet checkpoints to partialfc (mxnet2torch) and back (torch2mxnet), "
         "and arcface_torch runs to partialfc (arcface-torch)",
+    ),
+    "subcenter-clean": (
+        "partialfc.commands.subcenter_clean",
+        "drop the images far from their class's dominant sub-centre (Sub-center ArcFace); write "
+        "the cleaned dataset and a K = 1 checkpoint",
     ),
     "import-config": (
         "partialfc.commands.import_config",
@@ -76,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     module.configure(command)
     args = command.parse_args(argv[1:])
+    configure_logging()  # progress and notes on stderr; a command prints its results on stdout
     # A user error (bad input file, refused output folder) is its one-line message and exit 2.
     return run_reporting_user_errors(
         lambda: int(module.run(args) or 0), debug=debug_requested(argv)

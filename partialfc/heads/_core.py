@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from partialfc.distributed import combine_softmax_stats
+from partialfc.heads import _subcenters
 from partialfc.margins import Margin, MarginBatch
 
 NORM_EPS = 1e-12  # as F.normalize: centres with a smaller norm are divided by this instead
@@ -60,6 +61,7 @@ class CoreOptions:
     # The fused backward applies the optimizer to each chunk of dW rows instead of storing dW
     # (PartialFC.fuse_update): called with (rows: sorted tensor or slice, their dW values).
     row_update: Callable[[torch.Tensor | slice, torch.Tensor], None] | None = None
+    sub_centers: int = 1  # K rows per class, class-major (partialfc.heads._subcenters)
 
 
 def _rows(weight: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -113,9 +115,9 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         weight: torch.Tensor,  # (C_r, D) leaf shard
         bias: torch.Tensor | None,  # (C_r,)
         norms: torch.Tensor | None,  # (B,) |x| of the raw embeddings, for margins that use it
-        index: torch.Tensor | None,  # (N,) sorted local rows used; None: all C_r rows
+        index: torch.Tensor | None,  # (N,) sorted local classes used; None: all C_r classes
         col: torch.Tensor,  # (B,) column in [0, N) of each row's class (junk where ~has)
-        target_row: torch.Tensor,  # (B,) row in [0, C_r) of each row's class (junk where ~has)
+        target_row: torch.Tensor,  # (B,) class in [0, C_r) of each row's label (junk where ~has)
         has: torch.Tensor,  # (B,) bool: this shard owns the row's class
         opts: CoreOptions,
         batch: MarginBatch,
@@ -123,17 +125,28 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         margin = opts.margin
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
         batch_size = x.shape[0]
-        num_rows = weight.shape[0] if index is None else index.numel()
+        k = opts.sub_centers
+        rows = _subcenters.expand_rows(index, k)  # (N*K,) local rows of the classes used
+        num_rows = weight.shape[0] if rows is None else rows.numel()  # N*K
 
         logits = x.new_empty((batch_size, num_rows), dtype=acc)  # (B, N): the one big buffer
         inv_norm = x.new_empty(num_rows, dtype=acc) if margin.normalize_weight else None
         xg = x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)
-        for cols, w in _blocks(weight, index, num_rows):
+        for cols, w in _blocks(weight, rows, num_rows):
             _mm_into(logits[:, cols], xg, w.t(), opts.gemm_dtype)
             if inv_norm is not None:
                 w_norms = torch.linalg.vector_norm(w, dim=1).clamp_min(NORM_EPS)
                 inv_norm[cols] = w_norms.reciprocal()
         del xg
+        which = row_inv_norm = None  # sub-centres: the winning row of each (B, N) class column
+        if k > 1:  # (B, N*K) -> (B, N): each class's closest sub-centre (x . w / |w|, max over K)
+            row_inv_norm = inv_norm
+            logits, which = _subcenters.reduce_max(logits.mul_(inv_norm), k)
+            num_rows //= k
+            inv_norm = torch.ones(num_rows, dtype=acc, device=x.device)  # already divided
+            target_row, target_col = _subcenters.winning_rows(target_row, col, which, k)
+        else:
+            target_col = col
         # Each column's factor: s / |w_j| (normalised centres) or s; one pass applies it.
         col_scale = inv_norm * margin.scale if inv_norm is not None else None
         frozen = None  # (B, N) bool: entries whose logit does not depend on the GEMM (no gradient)
@@ -188,7 +201,8 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         ctx.opts = opts
         ctx.graph = (x_leaf, w_leaf, n_leaf, target)
         ctx.gemm_shape = (batch_size, num_rows)
-        ctx.save_for_backward(x, weight, index, inv_norm, probs, col, has, frozen, slope)
+        saved = (x, weight, index, inv_norm, probs, col, has, frozen, slope)
+        ctx.save_for_backward(*saved, which, row_inv_norm, target_col)
         ctx.has_bias = bias is not None
         ctx.consumed = False
         return loss.to(x.dtype)
@@ -207,7 +221,9 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
                 "(retain_graph=True is not supported)"
             )
         ctx.consumed = True
-        x, weight, index, inv_norm, probs, col, has, frozen, slope = ctx.saved_tensors
+        x, weight, index, inv_norm, probs, col, has, frozen, slope, which, row_inv_norm, tcol = (
+            ctx.saved_tensors
+        )
         opts = ctx.opts
         margin = opts.margin
         x_leaf, w_leaf, n_leaf, target = ctx.graph
@@ -236,6 +252,11 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
             grad.mul_(inv_norm * margin.scale)
         elif margin.scale != 1.0:
             grad.mul_(margin.scale)
+        rows = index
+        if which is not None:  # sub-centres: each class column's gradient to its winning row
+            k = opts.sub_centers
+            grad = _subcenters.expand_grad(grad, which, k).mul_(row_inv_norm)
+            inv_norm, rows, num_rows = row_inv_norm, _subcenters.expand_rows(index, k), num_rows * k
 
         grad_x = grad_w = None
         want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -244,7 +265,7 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
         if want_w:
             grad_w = weight.new_empty((num_rows, weight.shape[1]))  # (N, D): the sparse values
         xg = x if opts.gemm_dtype is None else x.to(opts.gemm_dtype)
-        for cols, w in _blocks(weight, index, num_rows if (want_x or want_w) else 0):
+        for cols, w in _blocks(weight, rows, num_rows if (want_x or want_w) else 0):
             g_block = grad[:, cols]
             if want_x:
                 grad_x += _mm(g_block, w, opts.gemm_dtype).to(x.dtype)
@@ -261,7 +282,7 @@ class _MarginSoftmaxLoss(torch.autograd.Function):
 
         *parts, grad_norms = target_grads((x_leaf, w_leaf, None, n_leaf), target, grad_target)
         grad_x, grad_weight, grad_bias = finish_backward(
-            tuple(parts), (grad_x, grad_w, grad_b), col, index, tuple(weight.shape), opts.marks
+            tuple(parts), (grad_x, grad_w, grad_b), tcol, rows, tuple(weight.shape), opts.marks
         )
         ctx.graph = None
         return grad_x, grad_weight, grad_bias, grad_norms, None, None, None, None, None, None
@@ -380,10 +401,11 @@ def margin_softmax_loss(
         x: (B, D) the global batch, normalised when the margin asks for it.
         weight: (C_r, D) this rank's class centres; receives a sparse COO gradient.
         bias: (C_r,) per-class bias or None; receives a sparse COO gradient.
-        index: (N,) sorted local rows taking part, or None for every row.
-        col: (B,) position in ``[0, N)`` of each row's class among the rows taking part; any value
-            in range where ``has`` is False.
-        target_row: (B,) row in ``[0, C_r)`` of each row's class in the shard; any row where
+        index: (N,) sorted local classes taking part, or None for every class (with
+            ``opts.sub_centers`` K > 1 each class is rows ``c*K .. c*K + K-1`` of ``weight``).
+        col: (B,) position in ``[0, N)`` of each row's class among the classes taking part; any
+            value in range where ``has`` is False.
+        target_row: (B,) local class in ``[0, C_r)`` of each row's label; any class where
             ``has`` is False.
         has: (B,) bool, whether this shard owns the row's class.
         opts: the margin, the filter, the GEMM dtype and the process group.

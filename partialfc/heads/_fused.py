@@ -611,12 +611,14 @@ def fused_margin_softmax_loss(
     """:func:`partialfc.heads._core.margin_softmax_loss` without storing the logits.
 
     Raises:
-        ValueError: the margin reshapes its non-target logits (``target_only`` False), which no
-            kernel here does.
+        ValueError: the margin reshapes its non-target logits (``target_only`` False), or the head
+            has sub-centres: no kernel here does either.
     """
     check_fused_device(x.device)
     if not opts.margin.target_only:
         raise ValueError(fused_refusal(opts.margin))
+    if opts.sub_centers != 1:  # PartialFC refuses these before any forward
+        raise ValueError("the fused kernels score one row per class, not sub-centres")
     batch = batch or MarginBatch()
     return _FusedMarginSoftmaxLoss.apply(
         x, weight, bias, batch.norms, index, col, target_row, has, opts, replace(batch, norms=None)

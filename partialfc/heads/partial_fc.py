@@ -19,6 +19,7 @@ from partialfc.distributed import (
     shard_range,
     world_size,
 )
+from partialfc.heads import _subcenters
 from partialfc.heads._core import CoreOptions, SparseGradMarks, margin_softmax_loss
 from partialfc.heads._fused import (
     FUSED_DTYPES,
@@ -68,9 +69,14 @@ class PartialFC(nn.Module):
             ``False`` (the reference path), or ``"auto"``: fused for a float32 shard on CUDA
             when Triton is installed. The semantics are the same either way. A margin that
             reshapes its non-target logits (CurricularFace) has no kernel: ``True`` refuses it,
-            ``"auto"`` takes the reference path.
+            ``"auto"`` takes the reference path; so do sub-centres.
+        sub_centers: K rows per class (Sub-center ArcFace), class-major: global row ``c*K + k``
+            is sub-centre k of class c, and a class's rows stay on one rank. A class's cosine is
+            the maximum over its rows (its gradient goes to that row), then the margin applies.
+            Needs a margin with normalised centres (not Softmax or LSoftmax).
 
-    After a forward, ``last_index`` holds the local rows used and, for margins that read the
+    After a forward, ``last_index`` holds the local rows used (``last_classes`` the local classes:
+    the same without sub-centres) and, for margins that read the
     embeddings' norms (MagFace, AdaFace), ``last_norms`` the ``|x|`` (b,) of this rank's rows.
     """
 
@@ -88,6 +94,7 @@ class PartialFC(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         fused: bool | str = False,
+        sub_centers: int = 1,
     ) -> None:
         super().__init__()
         if fused not in (True, False, "auto"):
@@ -116,6 +123,7 @@ class PartialFC(nn.Module):
             raise ValueError(f"{type(margin).__name__}: target cosines need normalised embeddings")
         if fused is True and not margin.target_only:
             raise ValueError(fused_refusal(margin))
+        _subcenters.check(sub_centers, margin, fused)
         self.margin = margin.to(device) if device is not None else margin
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
@@ -125,6 +133,7 @@ class PartialFC(nn.Module):
         self.interclass_filtering_threshold = float(interclass_filtering_threshold)
         self.validate = bool(validate)
         self.fused = fused
+        self.sub_centers = int(sub_centers)
         self.world_size = world_size(process_group)
         self.rank = rank(process_group)
         self.class_start, self.num_local = shard_range(num_classes, self.world_size, self.rank)
@@ -137,6 +146,7 @@ class PartialFC(nn.Module):
         )
         self.step = 0  # forward calls so far; with (seed, rank) it seeds the sampling
         self.last_index: torch.Tensor | None = None
+        self.last_classes: torch.Tensor | None = None
         self.last_norms: torch.Tensor | None = None
         self._row_update = None  # set by fuse_update
         self._marks = SparseGradMarks()
@@ -147,9 +157,10 @@ class PartialFC(nn.Module):
     def _init_rows(self, std: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         # Global row i gets the same initial value whatever the world size: rows are drawn in
         # blocks of INIT_BLOCK_ROWS from generators seeded by (seed, block), and each rank keeps
-        # the part of the blocks that overlaps its range.
-        start, stop = self.class_start, self.class_start + self.num_local
-        out = torch.empty(self.num_local, self.embedding_size, device=device, dtype=dtype)
+        # the part of the blocks that overlaps its range (its classes' K rows each).
+        k = self.sub_centers
+        start, stop = self.class_start * k, (self.class_start + self.num_local) * k
+        out = torch.empty(stop - start, self.embedding_size, device=device, dtype=dtype)
         gen = torch.Generator(device=device)
         for block in range(start // INIT_BLOCK_ROWS, (stop - 1) // INIT_BLOCK_ROWS + 1):
             lo = block * INIT_BLOCK_ROWS
@@ -163,7 +174,8 @@ class PartialFC(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "
-            f"sample_rate={self.sample_rate}, rank={self.rank}/{self.world_size}, "
+            f"sample_rate={self.sample_rate}, sub_centers={self.sub_centers}, "
+            f"rank={self.rank}/{self.world_size}, "
             f"classes=[{self.class_start}, {self.class_start + self.num_local})"
         )
 
@@ -173,6 +185,7 @@ class PartialFC(nn.Module):
             "class_start": self.class_start,
             "num_local": self.num_local,
             "num_classes": self.num_classes,
+            "sub_centers": self.sub_centers,
         }
 
     def set_extra_state(self, state: dict[str, int]) -> None:
@@ -182,6 +195,11 @@ class PartialFC(nn.Module):
                 f"{state['class_start'] + state['num_local']}) but this rank owns "
                 f"[{self.class_start}, {self.class_start + self.num_local}); reshard with "
                 "partialfc.checkpoint to change the number of ranks"
+            )
+        if int(state.get("sub_centers", 1)) != self.sub_centers:
+            raise ValueError(
+                f"state has {state.get('sub_centers', 1)} sub-centres per class, this head "
+                f"{self.sub_centers}"
             )
         self.step = int(state["step"])
 
@@ -233,8 +251,9 @@ class PartialFC(nn.Module):
             group=group,
             marks=self._marks,
             row_update=self._row_update,
+            sub_centers=self.sub_centers,
         )
-        num_rows = self.num_local if index is None else index.numel()
+        num_rows = self.num_local if index is None else index.numel()  # classes
         core = fused_margin_softmax_loss if self._use_fused(x) and num_rows else margin_softmax_loss
         with torch.autocast(device_type, enabled=False):
             loss = core(x, self.weight, self.bias, index, col, local, has, opts, batch)
@@ -242,9 +261,10 @@ class PartialFC(nn.Module):
                 loss = self._add_regularizer(loss, norms, embeddings.shape[0])
                 start = self.rank * embeddings.shape[0]  # this rank's rows of the global batch
                 self.last_norms = norms[start : start + embeddings.shape[0]].detach()
-        self.last_index = (
+        self.last_classes = (
             index if index is not None else torch.arange(self.num_local, device=x.device)
         )
+        self.last_index = _subcenters.expand_rows(self.last_classes, self.sub_centers)
         self.step += 1
         return loss
 
@@ -261,9 +281,12 @@ class PartialFC(nn.Module):
 
     @torch.no_grad()
     def _target_cos(self, x: torch.Tensor, local: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
-        """(B,) each row's cosine with its class centre, on every rank (x normalised)."""
-        w = F.normalize(self.weight.index_select(0, local), dim=1)
-        cos = torch.where(has, (x * w).sum(1), 0.0)
+        """(B,) each row's cosine with its class centre (its closest sub-centre), on every rank
+        (x normalised)."""
+        k = self.sub_centers
+        rows = self.weight.view(self.num_local, k, self.embedding_size).index_select(0, local)
+        cos = torch.einsum("bd,bkd->bk", x, F.normalize(rows, dim=2)).amax(1)  # (B,)
+        cos = torch.where(has, cos, 0.0)
         # One all-reduce (SUM) of B numbers: each row's target lives on exactly one rank, before
         # any logit is formed (CurricularFace's t and thresholds, ElasticFace+'s pairing need it).
         return all_reduce_sum_identity_grad(cos, self.process_group)
@@ -309,6 +332,7 @@ class PartialFC(nn.Module):
                 and triton_available()
                 and self.weight.dtype == torch.float32
                 and self.margin.target_only
+                and self.sub_centers == 1
             )
         if self.fused:
             check_fused_device(x.device)

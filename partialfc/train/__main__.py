@@ -10,6 +10,8 @@ Options of the trainer (anywhere on the line):
   --local-ranks N    with --check: processes per node whose metrics ports must be free (default N)
   --no-lock-check    with --check: skip the output_dir lock (multi-node launchers: the run's own
                      rank 0 may already hold it)
+  --log-all-ranks    every rank logs its INFO lines (also [metrics] log_all_ranks); by default
+                     rank 0 does, and the other ranks log warnings and errors only
   --verbose          tracebacks for user errors too (also PARTIALFC_DEBUG=1)
 
 Exit status: 0 when training finished (or --check passed); 2 for a user error (a config field, a
@@ -22,14 +24,17 @@ run (and restarts it, resuming from that checkpoint) instead of a completed one.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import sys
 
 from partialfc.errors import ConfigError, debug_requested, run_reporting_user_errors
+from partialfc.log import configure_logging
 from partialfc.train.config import Config
 
+log = logging.getLogger("partialfc.train")
 STOPPED_EARLY = 143
-_FLAGS = ("--check", "--verbose", "--no-lock-check")
+_FLAGS = ("--check", "--verbose", "--no-lock-check", "--log-all-ranks")
 _VALUED = ("--world-size", "--local-ranks")
 
 
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), help_text(), sep="\n\n")
         return 0
     rank = int(os.environ["RANK"]) if "RANK" in os.environ else None
+    configure_logging(rank, all_ranks="--log-all-ranks" in argv)
     return run_reporting_user_errors(lambda: _main(argv), debug=debug_requested(argv), rank=rank)
 
 
@@ -89,6 +95,8 @@ def _main(argv: list[str]) -> int:
     options, argv = _split_options(argv)
     path, overrides = (None, argv) if not argv or argv[0].startswith("--") else (argv[0], argv[1:])
     cfg = Config.load(path, overrides)
+    if cfg.metrics.log_all_ranks:
+        configure_logging(all_ranks=True)
     if options.get("--check"):
         world = _int_option(options, "--world-size", int(os.environ.get("WORLD_SIZE", "1")))
         local = _int_option(options, "--local-ranks", world)
@@ -118,9 +126,8 @@ def _train(cfg: Config) -> int:
         leave_together()  # no rank closes its sockets while a peer finishes the last collective
     finally:
         shutdown()
-    if rt.is_main:
-        state = "stopped by signal" if result["stopped"] else "finished"
-        print(f"{state} at step {result['step']}; output in {cfg.train.output_dir}", flush=True)
+    state = "stopped by signal" if result["stopped"] else "finished"
+    log.info("%s at step %d; output in %s", state, result["step"], cfg.train.output_dir)
     return STOPPED_EARLY if result["stopped"] else 0
 
 

@@ -180,6 +180,9 @@ class HeadConfig:
     init: str = "random"
     """Starting centres: random, or class_means (the normalised mean embedding of each class
     under the starting backbone, one pass over the data); not on resume."""
+    sub_centers: int = 1
+    """Sub-centres per class (Sub-center ArcFace, K = 3 in the paper): a class's cosine is the
+    maximum over its K centres; angular margins only; clean with ``partialfc subcenter-clean``."""
 
     def __post_init__(self) -> None:
         _check(
@@ -216,9 +219,35 @@ class HeadConfig:
         )
         if self.margin in margins.MARGINS:
             try:
-                self.build_margin()
+                margin = self.build_margin()
             except ValueError as err:
                 _check(False, "head.margin_args", str(err))
+            else:
+                self._check_sub_centers(margin)
+
+    def _check_sub_centers(self, margin: margins.Margin) -> None:
+        k, name = self.sub_centers, "head.sub_centers"
+        ok = isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= 255
+        _check(ok, name, f"must be an integer from 1 to 255, got {k!r}")
+        if not ok or k == 1:
+            return
+        _check(
+            margin.normalize_weight and not margin.has_bias,
+            name,
+            f"needs an angular margin (normalised centres); {self.margin!r} scores raw dot "
+            "products",
+        )
+        _check(
+            self.fused != "on",
+            name,
+            "has no fused kernel: set head.fused = 'auto' (falls back) or 'off'",
+        )
+        _check(
+            self.init != "class_means",
+            name,
+            "head.init = 'class_means' would start all K centres of a class equal (one would win "
+            "every sample): use init = 'random'",
+        )
 
     def _check_sample_rate_schedule(self) -> None:
         name, schedule = "head.sample_rate_schedule", self.sample_rate_schedule
@@ -411,6 +440,12 @@ class MetricsConfig:
     """/healthz answers 503 once no step has completed for this long (counted from the start)."""
     jsonl: bool = True
     """Write output_dir/metrics.jsonl, one JSON object per step."""
+    tensorboard: bool | None = None
+    """Write output_dir/tensorboard/ event files (rank 0); unset: on when tensorboard is installed."""
+    wandb_project: str = ""
+    """Also log to this Weights & Biases project (rank 0; needs wandb; WANDB_MODE=offline works)."""
+    log_all_ranks: bool = False
+    """Every rank logs its INFO lines (default: rank 0 only; others log warnings and errors)."""
 
     # host: 0.0.0.0 by default because Prometheus and the Kubernetes probes reach the pod at its
     # own address; 127.0.0.1 suits a shared workstation (and still answers the Docker healthcheck).
@@ -433,6 +468,19 @@ class MetricsConfig:
             "metrics.stall_seconds",
             f"must be a number of seconds > 0, got {self.stall_seconds}",
         )
+        _check(
+            not any(c.isspace() for c in self.wandb_project),
+            "metrics.wandb_project",
+            f"must be a W&B project name without spaces, got {self.wandb_project!r}",
+        )
+
+    def tensorboard_enabled(self) -> bool:
+        """``tensorboard`` as set, or (unset) whether the tensorboard package is installed."""
+        if self.tensorboard is not None:
+            return self.tensorboard
+        from partialfc.metrics.tensorboard import tensorboard_available
+
+        return tensorboard_available()
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ class EvalMetrics:
 
     ``eval/<set>`` is the accuracy (the key earlier runs logged); ``eval/<set>/<what>`` for
     ``std``, ``val``, ``val_std``, ``far``, ``xnorm`` and ``best``. Prometheus shows them as
-    gauges ``partialfc_eval_<set>[_<what>]``. The best is over the whole run: checkpoints carry
+    gauges with a ``set`` label (``partialfc_eval_accuracy{set="lfw"}``, ``partialfc_eval_val``,
+    ..., ``partialfc_eval_best_accuracy``). The best is over the whole run: checkpoints carry
     it (:meth:`to_bytes`, :meth:`load`), so a resumed run continues it.
     """
 

@@ -144,6 +144,8 @@ def init_class_means(
     each rank sums those of the classes it owns, so each centre is written by its owner. Classes
     with no image keep their initial centre. Returns the number of this rank's classes set.
     """
+    if head.sub_centers != 1:  # K equal rows per class: the first would win every sample
+        raise ValueError("class_means initialises one centre per class, not sub-centres")
     dim = head.weight.shape[1]
     sums = torch.zeros(head.num_local, dim, dtype=torch.float64, device=device)
     counts = torch.zeros(head.num_local, dtype=torch.float64, device=device)

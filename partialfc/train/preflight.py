@@ -9,7 +9,8 @@ every record as ``partialfc inspect --verify`` does.
 Checks: the config (every field and cross-field rule, with the key), the batch split over the
 ranks, the dataset's files, ``property`` against record 0, every ``.idx`` offset inside the
 ``.rec``, the step count against ``optim.warmup_steps``, the eval sets, ``train.output_dir``
-writable and not held by another run, the metrics ports free, and an existing checkpoint's
+writable and not held by another run, the metrics ports free, the packages of the TensorBoard and
+W&B sinks installed where they are asked for, and an existing checkpoint's
 shapes, backbone, margin, batch and seed against the config.
 """
 
@@ -79,7 +80,9 @@ class Preflight:
                 f"{c.train.checkpoint_every} steps)",
                 f"eval:    {', '.join(c.eval.sets) or 'none'}",
                 f"metrics: {f'port {c.metrics.port}' if c.metrics.port else 'no server'}"
-                f"{', metrics.jsonl' if c.metrics.jsonl else ''}",
+                f"{', metrics.jsonl' if c.metrics.jsonl else ''}"
+                f"{', tensorboard' if c.metrics.tensorboard_enabled() else ''}"
+                f"{f', wandb {c.metrics.wandb_project}' if c.metrics.wandb_project else ''}",
             ]
         )
 
@@ -106,6 +109,7 @@ def run_checks(
     _check_eval_sets(pf)
     _check_output_dir(pf, check_lock)
     _check_ports(pf, range(world_size) if local_ranks is None else local_ranks)
+    _check_sink_packages(pf)
     _check_checkpoint(pf)
     _check_pretrained(pf)
     return pf
@@ -283,6 +287,21 @@ def _check_ports(pf: Preflight, local_ranks: range) -> None:
             )
 
 
+def _check_sink_packages(pf: Preflight) -> None:
+    """The optional packages the chosen sinks import on rank 0."""
+    m = pf.cfg.metrics
+    from partialfc.metrics.tensorboard import tensorboard_available
+    from partialfc.metrics.weights_and_biases import missing_wandb_problem, wandb_available
+
+    if m.tensorboard and not tensorboard_available():
+        pf.problems.append(
+            "metrics.tensorboard = true: the tensorboard package is not installed; "
+            "pip install 'partialfc[tensorboard]' (or tensorboard), or set it to false"
+        )
+    if m.wandb_project and not wandb_available():
+        pf.problems.append(missing_wandb_problem(m.wandb_project))
+
+
 def _check_checkpoint(pf: Preflight) -> None:
     """An existing checkpoint must match the config where resuming depends on it."""
     path = checkpoint.latest_checkpoint(pf.cfg.train.output_dir)
@@ -302,8 +321,11 @@ def _check_checkpoint(pf: Preflight) -> None:
     mismatches = []
     if entry is not None and len(entry.size) == 2:
         rows, width = (int(v) for v in entry.size)
-        if pf.num_classes and rows != pf.num_classes:
-            mismatches.append(("class count", rows, pf.num_classes, "data.root's property"))
+        k = c.head.sub_centers
+        if pf.num_classes and rows != pf.num_classes * k:
+            what = "data.root's property" + (f" times head.sub_centers ({k})" if k > 1 else "")
+            label = "class count" if k == 1 else "class-centre rows"
+            mismatches.append((label, rows, pf.num_classes * k, what))
         if width != c.model.embedding_size:
             mismatches.append(
                 ("embedding size", width, c.model.embedding_size, "model.embedding_size")

@@ -21,8 +21,11 @@ def head_state(
 ) -> dict[str, Any]:
     """Checkpoint entries of ``head`` (and of ``optimizer``'s state for its parameters)."""
 
+    # Sub-centres: the class-major (C*K, D) matrix; this rank's rows start at class_start*K.
+    k = head.sub_centers
+
     def sharded(t: torch.Tensor) -> Any:
-        return row_sharded(t, head.class_start, head.num_classes, head.process_group)
+        return row_sharded(t, head.class_start * k, head.num_classes * k, head.process_group)
 
     state: dict[str, Any] = {
         f"{prefix}.weight": sharded(head.weight.detach()),
@@ -40,7 +43,7 @@ def head_state(
             for key, value in optimizer.state[param].items():
                 if not isinstance(value, torch.Tensor):
                     continue
-                if value.dim() >= 1 and value.shape[0] == head.num_local:
+                if value.dim() >= 1 and value.shape[0] == param.shape[0]:
                     state[f"{prefix}.{name}.{key}"] = sharded(value)
                 elif value.dim() == 0:  # SparseAdamW's step count: the same on every rank
                     state[f"{prefix}.{name}.{key}"] = value

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 import random
 import signal
@@ -40,14 +41,7 @@ from partialfc.distributed import (
 )
 from partialfc.errors import UserError
 from partialfc.heads import PartialFC
-from partialfc.metrics import (
-    JsonlSink,
-    MetricSink,
-    MetricsPortError,
-    MultiSink,
-    PrometheusSink,
-    StallWatch,
-)
+from partialfc.metrics import StallWatch
 from partialfc.optim import RowSparseOptimizer, SparseAdamW, SparseSGD
 from partialfc.seeding import mix_seed
 from partialfc.train import finetune
@@ -56,8 +50,10 @@ from partialfc.train.data import build_loader, load_loader_state, loader_files
 from partialfc.train.evaluation import EvalMetrics, evaluate_sets
 from partialfc.train.runtime import Runtime
 from partialfc.train.schedule import learning_rate
+from partialfc.train.sinks import build_sinks
 from partialfc.train.state import head_state, restore_head_state
 
+log = logging.getLogger(__name__)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -75,7 +71,8 @@ class Trainer:
         self.output_dir = Path(cfg.train.output_dir)
         # First: /healthz's stall clock starts with the trainer (startup and resume included),
         # and a busy metrics port is reported before the dataset and the model are built.
-        self.sink = self._build_sink()
+        self.health = StallWatch(cfg.metrics.stall_seconds)  # healthy while steps complete
+        self.sink = build_sinks(cfg, rt, self.health)
         self._eval_metrics = EvalMetrics()  # the sinks' eval keys, with each set's best so far
         if cfg.data.global_batch_size % (rt.world_size * cfg.train.grad_accum):
             raise ValueError(
@@ -92,8 +89,8 @@ class Trainer:
             checkpoint_activations=cfg.model.checkpoint_activations,
         ).to(rt.device)
         self.backbone = model
-        if cfg.model.freeze_bn and not finetune.freeze_batchnorm(model) and rt.is_main:
-            print(f"warning: model.freeze_bn: {cfg.model.backbone} has no BatchNorm", flush=True)
+        if cfg.model.freeze_bn and not finetune.freeze_batchnorm(model):
+            log.warning("model.freeze_bn: %s has no BatchNorm", cfg.model.backbone)
         # A skipped (non-finite) step must leave no trace, but its forward already moved the
         # BatchNorm running statistics: they are copied before each step and put back.
         self._buffers = [b for b in model.buffers()]
@@ -114,6 +111,7 @@ class Trainer:
             interclass_filtering_threshold=cfg.head.interclass_filtering_threshold,
             device=rt.device,
             fused=cfg.head.fused_option(),
+            sub_centers=cfg.head.sub_centers,
             # The loaders check labels against the dataset's classes; a non-finite embedding (an
             # fp16 overflow) must become a skipped step below, not an exception, and the check
             # would cost a host synchronisation per step.
@@ -136,12 +134,12 @@ class Trainer:
             )
         else:
             self.opt_head = SparseAdamW(head_params, lr=head_lr, weight_decay=head_wd)
-        if rt.is_main:  # the settings in effect, defaults included (the schedule scales lr)
-            print(
-                f"optimizers: backbone {_describe(self.opt_backbone)}; "
-                f"class centres {_describe(self.opt_head)}",
-                flush=True,
-            )
+        # The settings in effect, defaults included (the schedule scales lr).
+        log.info(
+            "optimizers: backbone %s; class centres %s",
+            _describe(self.opt_backbone),
+            _describe(self.opt_head),
+        )
         if cfg.head.fused_update:  # the fused backward updates the centres: no dW is stored
             self.head.fuse_update(self.opt_head)
         # One scaler for both optimizers: one loss scale, each optimizer skips on its own infs.
@@ -152,37 +150,11 @@ class Trainer:
         self.nonfinite_in_a_row = 0
         self.last_checkpoint_time = time.time()
         self._signalled = False  # SIGTERM or SIGINT reached this rank
+        self._last_eval: dict[str, float] = {}
+        self._last_eval_step = -1
         self._stop_requested = False  # some rank was signalled: every rank stops (agreed)
 
     # ------------------------------------------------------------------ setup helpers
-
-    def _build_sink(self) -> MetricSink:
-        """The run's sinks, and ``self.health``: healthy while steps complete (see fit)."""
-        m, rt = self.cfg.metrics, self.rt
-        self.health = StallWatch(m.stall_seconds)
-        sinks: list[MetricSink] = []
-        if m.port:  # before the JSON lines: a busy port must leave no file behind
-            port = m.port + rt.local_rank
-            try:
-                # The server thread reads the watch's clock only: it answers while this thread
-                # is stuck in a collective.
-                server = PrometheusSink(
-                    port,
-                    host=m.host,
-                    rank=rt.rank,
-                    healthy=self.health.healthy,
-                    progress_age=self.health.seconds_since_progress,
-                )
-            except MetricsPortError as err:
-                key = f"metrics.host = {m.host!r}" if err.about_host else f"metrics.port = {m.port}"
-                raise UserError(
-                    f"{key}: rank {rt.rank} (local rank {rt.local_rank}) serves /metrics and "
-                    f"/healthz on port {port} (metrics.port + local rank), but {err.problem}"
-                ) from None
-            sinks.append(server)
-        if m.jsonl and rt.is_main:
-            sinks.append(JsonlSink(self.output_dir / "metrics.jsonl"))
-        return MultiSink(sinks)
 
     def _install_signal_handlers(self) -> None:
         # The handler only records the signal; the ranks agree on stopping in the next step's
@@ -226,13 +198,13 @@ class Trainer:
         so the checkpoints already written, the last finite state, are kept as they are."""
         bad = ["the last loss"] if self.nonfinite_in_a_row else self._nonfinite_state()
         if bad:
-            if self.rt.is_main:
-                names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-                print(
-                    f"step {self.step}: no checkpoint written: {names} not finite; "
-                    f"{_newest(self.output_dir)} is kept as it is",
-                    flush=True,
-                )
+            names = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            log.warning(
+                "step %d: no checkpoint written: %s not finite; %s is kept as it is",
+                self.step,
+                names,
+                _newest(self.output_dir),
+            )
             return None
         # Per-rank RNG streams (dropout) go beside the DCP files; a run resumed on another world
         # size reseeds from (seed, step, rank) instead. config.json tells `export` the backbone.
@@ -287,15 +259,17 @@ class Trainer:
         if "data" in state:
             load_loader_state(self.loader, state["data"], path)
         self._eval_metrics.load(path)
+        # The last checkpoint is the one resumed from: its time, not this process's start.
+        self.last_checkpoint_time = path.stat().st_mtime
+        self.sink.log_dict({"checkpoint_time": self.last_checkpoint_time}, self.step)
         rng = path / f"rng-rank{self.rt.rank}-of{self.rt.world_size}.pt"
         if rng.exists():
             _set_rng_state(_load_rng_state(rng))
         else:
             torch.manual_seed(mix_seed("resume", self.cfg.train.seed, self.step, self.rt.rank))
-        if self.rt.is_main:
-            missing = sorted(set(full) - present)
-            note = f" (not in it, started fresh: {', '.join(missing)})" if missing else ""
-            print(f"resumed from {path} at step {self.step}{note}", flush=True)
+        missing = sorted(set(full) - present)
+        note = f" (not in it, started fresh: {', '.join(missing)})" if missing else ""
+        log.info("resumed from %s at step %d%s", path, self.step, note)
         return True
 
     def start_fresh(self) -> None:
@@ -304,8 +278,7 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         if cfg.model.pretrained:
             finetune.load_pretrained(self.backbone, cfg.model.pretrained)  # every rank: the same
-            if rt.is_main:
-                print(f"backbone weights from {cfg.model.pretrained}", flush=True)
+            log.info("backbone weights from %s", cfg.model.pretrained)
         if cfg.head.init == "class_means":
             loader = build_loader(cfg, rt)  # its own pass: the training order stays as it was
             try:
@@ -313,10 +286,7 @@ class Trainer:
             finally:
                 loader.close()
             total = int(all_gather_no_grad(torch.tensor([count], device=rt.device)).sum())
-            if rt.is_main:
-                print(
-                    f"class centres: {total} of {self.num_classes} set to class means", flush=True
-                )
+            log.info("class centres: %d of %d set to class means", total, self.num_classes)
 
     # ------------------------------------------------------------------ the loop
 
@@ -336,7 +306,7 @@ class Trainer:
             )
             for group in opt.param_groups:
                 group["lr"] = opt_lr
-        lr = self.opt_backbone.param_groups[0]["lr"]
+        lr, head_lr = (opt.param_groups[0]["lr"] for opt in (self.opt_backbone, self.opt_head))
         # A pure function of the step: a resumed run continues the schedule with nothing stored,
         # and the negatives stay those of (seed, head.step, rank), drawn at this step's rate.
         self.head.sample_rate = cfg.head.sample_rate_at(self.step)
@@ -400,12 +370,17 @@ class Trainer:
                 )
         times["optimizer"] = time.perf_counter() - t0
         self.step += 1
-        return total, {
+        info = {
             "lr": lr,
+            "head_lr": head_lr,
             "sample_rate": self.head.sample_rate,
             "grad_norm": grad_norm,
             **{f"time/{k_}": v for k_, v in times.items()},
+            **_margin_state(self.head.margin),
         }
+        if self.scaler.is_enabled():  # fp16: the scale the next step starts from
+            info["loss_scale"] = float(self.scaler.get_scale())
+        return total, info
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps`` (or until SIGTERM/SIGINT), checkpointing on the way.
@@ -417,9 +392,7 @@ class Trainer:
         self._install_signal_handlers()
         if not self.resume():
             self.start_fresh()
-        progress = _Progress(
-            self.total_steps, self.step, enabled=rt.is_main, every=cfg.train.log_every
-        )
+        progress = _Progress(self.total_steps, self.step, bar=rt.is_main, every=cfg.train.log_every)
         batches = self._batches()
         try:
             loss = self._steps(batches, progress)
@@ -432,7 +405,9 @@ class Trainer:
         self.save_checkpoint()
         progress.close()
         stopped = self._stop_requested
-        results = {} if stopped or not cfg.eval.sets else self._evaluate()
+        results = {}
+        if not stopped and cfg.eval.sets:  # once per step: the last step may have evaluated
+            results = self._last_eval if self._last_eval_step == self.step else self._evaluate()
         self.sink.close()
         return {"step": self.step, "stopped": stopped, "loss": loss, "eval": results}
 
@@ -458,6 +433,7 @@ class Trainer:
             self.health.step_completed()
             values = {
                 "loss": loss_value,
+                "rank_samples": float(global_batch // rt.world_size),  # this rank's share
                 "samples_per_second": global_batch / step_time,
                 "time/data": t_data,
                 "time/total": step_time,
@@ -483,20 +459,21 @@ class Trainer:
         found = evaluate_sets(self.backbone, self.cfg.eval.sets, self.cfg.eval.batch_size, self.rt)
         self.sink.log_dict(self._eval_metrics(found), self.step)
         results = {name: r.accuracy for name, r in found.items()}
-        if self.rt.is_main:
-            print("  ".join(f"{name} {acc:.4f}" for name, acc in results.items()), flush=True)
+        self._last_eval, self._last_eval_step = results, self.step
+        log.info("step %d: %s", self.step, "  ".join(f"{n} {a:.4f}" for n, a in results.items()))
         return results
 
 
 class _Progress:
-    """Rank-0 progress with ETA and samples/s: a tqdm bar on a terminal, plain lines every
-    ``every`` steps otherwise (Kubernetes logs, CI), where a redrawn bar would be noise."""
+    """Progress with ETA and samples/s: a tqdm bar on rank 0's terminal, log lines every
+    ``every`` steps otherwise (Kubernetes logs, CI), where a redrawn bar would be noise; the
+    logging filter decides which ranks' lines show."""
 
-    def __init__(self, total: int, start: int, enabled: bool, every: int) -> None:
-        self.enabled, self.total, self.last, self.every = enabled, total, start, every
+    def __init__(self, total: int, start: int, bar: bool, every: int) -> None:
+        self.total, self.last, self.every = total, start, every
         self.bar = None
         self.started, self.start_step = time.perf_counter(), start
-        if enabled and sys.stderr.isatty():
+        if bar and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
 
@@ -507,8 +484,6 @@ class _Progress:
                 self.bar = None
 
     def update(self, step: int, loss: float, samples_per_second: float) -> None:
-        if not self.enabled:
-            return
         if self.bar is not None:
             self.bar.update(step - self.last)
             self.bar.set_postfix(
@@ -517,16 +492,27 @@ class _Progress:
         elif step % self.every == 0 or step == self.total:
             rate = (step - self.start_step) / max(time.perf_counter() - self.started, 1e-9)
             eta = (self.total - step) / max(rate, 1e-9)
-            print(
-                f"step {step}/{self.total}  loss {loss:.4f}  {samples_per_second:.0f} samples/s  "
-                f"eta {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}",
-                flush=True,
+            log.info(
+                "step %d/%d  loss %.4f  %.0f samples/s  eta %d:%02d:%02d",
+                step,
+                self.total,
+                loss,
+                samples_per_second,
+                eta // 3600,
+                eta % 3600 // 60,
+                eta % 60,
             )
         self.last = step
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _margin_state(margin: torch.nn.Module) -> dict[str, float]:
+    """The margin's scalar buffers (CurricularFace's ``t``, AdaFace's EMAs) as ``margin/<name>``;
+    the same on every rank (see DESIGN: stateful margins)."""
+    return {f"margin/{n}": float(b) for n, b in margin.named_buffers() if b.numel() == 1}
 
 
 def _peak_memory(device: torch.device) -> int:

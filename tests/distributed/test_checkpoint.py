@@ -30,7 +30,9 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-def _setup(rate: float = 1.0, optimizer: str = "sgd") -> tuple[pfc.PartialFC, pfc.SparseSGD]:
+def _setup(
+    rate: float = 1.0, optimizer: str = "sgd", k: int = 1
+) -> tuple[pfc.PartialFC, pfc.SparseSGD]:
     head = pfc.PartialFC(
         pfc.SphereFace(m=2, base=10.0, lambda_min=0.5),
         D,
@@ -38,6 +40,7 @@ def _setup(rate: float = 1.0, optimizer: str = "sgd") -> tuple[pfc.PartialFC, pf
         sample_rate=rate,
         dtype=torch.float64,
         seed=3,
+        sub_centers=k,
     )
     if optimizer == "adamw":
         return head, pfc.SparseAdamW([head.weight], lr=0.05, betas=(0.8, 0.9), weight_decay=0.1)
@@ -58,16 +61,20 @@ def _train(head, opt, steps, rank, world) -> list[float]:
     return losses
 
 
-def _first_part(rank: int, world: int, out: str, rate: float, optimizer: str = "sgd") -> None:
-    head, opt = _setup(rate, optimizer)
+def _first_part(
+    rank: int, world: int, out: str, rate: float, optimizer: str = "sgd", k: int = 1
+) -> None:
+    head, opt = _setup(rate, optimizer, k)
     losses = _train(head, opt, range(SPLIT), rank, world)
     checkpoint.save(head_state(head, opt), out, step=SPLIT)
     if rank == 0:
         Path(out, "losses.json").write_text(json.dumps(losses))
 
 
-def _second_part(rank: int, world: int, out: str, rate: float, optimizer: str = "sgd") -> None:
-    head, opt = _setup(rate, optimizer)
+def _second_part(
+    rank: int, world: int, out: str, rate: float, optimizer: str = "sgd", k: int = 1
+) -> None:
+    head, opt = _setup(rate, optimizer, k)
     state = head_state(head, opt)
     checkpoint.load(state, checkpoint.latest_checkpoint(out))
     restore_head_state(head, state)
@@ -78,8 +85,10 @@ def _second_part(rank: int, world: int, out: str, rate: float, optimizer: str = 
         Path(out, f"resumed-{world}.json").write_text(json.dumps(losses))
 
 
-def _uninterrupted(rank: int, world: int, out: str, rate: float, optimizer: str = "sgd") -> None:
-    head, opt = _setup(rate, optimizer)
+def _uninterrupted(
+    rank: int, world: int, out: str, rate: float, optimizer: str = "sgd", k: int = 1
+) -> None:
+    head, opt = _setup(rate, optimizer, k)
     losses = _train(head, opt, range(STEPS), rank, world)
     checkpoint.save(head_state(head, opt), out, step=STEPS)
     if rank == 0:
@@ -87,17 +96,19 @@ def _uninterrupted(rank: int, world: int, out: str, rate: float, optimizer: str 
 
 
 @pytest.mark.parametrize(
-    ("resume_world", "optimizer"), [(2, "sgd"), (3, "sgd"), (1, "sgd"), (3, "adamw")]
+    ("resume_world", "optimizer", "k"),
+    [(2, "sgd", 1), (3, "sgd", 1), (1, "sgd", 1), (3, "adamw", 1), (3, "sgd", 3), (1, "adamw", 3)],
 )
 def test_resume_on_any_world_size_continues_exactly(
-    tmp_path: Path, resume_world: int, optimizer: str
+    tmp_path: Path, resume_world: int, optimizer: str, k: int
 ) -> None:
+    """k = 3: sub-centres, saved as the (C*3, D) class-major matrix, resharded by classes."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    run_ranks(_uninterrupted, 2, str(straight), 1.0, optimizer)
-    run_ranks(_first_part, 2, str(split), 1.0, optimizer)
+    run_ranks(_uninterrupted, 2, str(straight), 1.0, optimizer, k)
+    run_ranks(_first_part, 2, str(split), 1.0, optimizer, k)
     saved = checkpoint.read_class_centers(split)
-    assert saved.shape == (C, D)
-    run_ranks(_second_part, resume_world, str(split), 1.0, optimizer)
+    assert saved.shape == (C * k, D)
+    run_ranks(_second_part, resume_world, str(split), 1.0, optimizer, k)
 
     expected = json.loads((straight / "straight.json").read_text())
     got = json.loads((split / "losses.json").read_text()) + json.loads(

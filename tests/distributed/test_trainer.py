@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -16,6 +15,7 @@ from torch.testing import assert_close
 from partialfc import checkpoint
 from partialfc.checkpoint import load_backbone
 from partialfc.data.synth import SynthConfig, synth_dataset
+from partialfc.log import configure_logging
 from partialfc.train.config import Config
 from partialfc.train.runtime import Runtime
 from partialfc.train.schedule import learning_rate
@@ -125,6 +125,31 @@ def test_resume_on_three_ranks_then_one(dataset: Path, tmp_path: Path) -> None:
     assert not torch.equal(checkpoint.read_class_centers(out), before)
 
 
+@pytest.mark.slow
+def test_sub_centres_train_alike_on_one_and_three_ranks_and_resume_on_two(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """[head] sub_centers = 3 through the trainer: 3 ranks (classes 4/4/4, rows 12 each) follow
+    one process; the run then resumes on 2 ranks from the (36, D) class-major checkpoint."""
+    runs = {}
+    for world in (1, 3):
+        out = tmp_path / f"w{world}"
+        cfg = _config(dataset, out, steps=3)
+        cfg["head"]["sub_centers"] = 3
+        run_ranks(_fit, world, cfg)
+        runs[world] = (out, _result(out, world))
+    (one_out, one), (three_out, three) = runs[1], runs[3]
+    assert_close(torch.tensor(three["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    centres = checkpoint.read_class_centers(three_out)
+    assert centres.shape == (12 * 3, 16)
+    assert_close(centres, checkpoint.read_class_centers(one_out), rtol=1e-4, atol=1e-6)
+    cfg = _config(dataset, three_out, steps=5)
+    cfg["head"]["sub_centers"] = 3
+    run_ranks(_fit, 2, cfg)
+    res = _result(three_out, 2, after=3)
+    assert res["step"] == 5 and len(res["losses"]) == 2 and all(map(math.isfinite, res["losses"]))
+
+
 def _stored(path: Path, tmp: Path) -> dict[str, object]:
     """Every entry of a DCP checkpoint, flattened to dotted names."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
@@ -179,11 +204,16 @@ def _fit_and_fingerprint(rank: int, world: int, cfg: dict) -> None:
     """Train, then record this rank's backbone parameters (float64 sums) for comparison."""
     torch.set_num_threads(1)
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        trainer = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu")))
+    configure_logging(rank, stream=printed)  # as python -m partialfc.train does
+    trainer = Trainer(Config.from_dict(cfg), Runtime(rank, world, rank, torch.device("cpu")))
     trainer.fit()
     prints = {n: float(p.detach().double().sum()) for n, p in trainer.backbone.named_parameters()}
-    prints["stdout"] = [line for line in printed.getvalue().splitlines() if "optimizers" in line]
+    prefix = f"INFO [rank {rank}] partialfc.train.trainer: "
+    prints["stdout"] = [
+        line.partition(prefix)[2]
+        for line in printed.getvalue().splitlines()
+        if "optimizers" in line
+    ]
     out = Path(cfg["train"]["output_dir"])
     (out / f"fingerprint-{rank}.json").write_text(json.dumps(prints))
 
@@ -211,7 +241,7 @@ def test_a_vit_trains_with_adamw_on_two_ranks(dataset: Path, tmp_path: Path) -> 
         assert ranks[0][name] == pytest.approx(float(p.detach().double().sum()), rel=1e-12), name
     adamw = "(lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.1)"
     assert stdout[0] == [f"optimizers: backbone AdamW{adamw}; class centres SparseAdamW{adamw}"]
-    assert stdout[1] == [], "rank 0 alone prints"
+    assert stdout[1] == [], "rank 0 alone logs INFO"
     # The centres follow optim.name (SparseAdamW). Every row is used (sample_rate 1), so step 2's
     # centres are AdamW's update at t = 2 of step 1's, with step 2's moments.
     one, two = checkpoint.checkpoint_dir(out, 1), checkpoint.checkpoint_dir(out, 2)

@@ -17,6 +17,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML reads the rendered manifests")
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 OVERLAYS = ("pytorchjob", "trainjob", "indexed-job", "cpu-smoke")
+RUN_CONFIG = "partialfc-config"  # the ConfigMap of the run's TOML (beside the dashboard's)
 LAUNCHERS = ("train.sh", "multinode.sh", "slurm.sbatch")
 
 
@@ -41,8 +42,10 @@ def render(overlay: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
+def one(docs: list[dict[str, Any]], kind: str, name: str = "") -> dict[str, Any]:
+    """The one object of ``kind`` (whose name starts with ``name``: generated names end in a
+    hash)."""
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].startswith(name)]
     assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
     return found[0]
 

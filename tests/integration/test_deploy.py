@@ -21,6 +21,7 @@ from tests.integration._deploy import (
     LAUNCHERS,
     OVERLAYS,
     REPO,
+    RUN_CONFIG,
     container_command,
     container_env,
     one,
@@ -80,7 +81,9 @@ def test_every_overlay_renders_only_known_kinds(rendered) -> None:
     workload = WORKLOADS.get(name, "Job")
     assert workload in kinds
     assert "PodTemplate" not in kinds, "the base's template source must not be applied"
-    assert set(kinds) <= CORE_KINDS | set(WORKLOADS.values()) | {"PodMonitor", "TrainJob"}, kinds
+    known = CORE_KINDS | set(WORKLOADS.values()) | {"PodMonitor", "PrometheusRule", "TrainJob"}
+    assert set(kinds) <= known, kinds
+    assert "PrometheusRule" in kinds, "the overlays include k8s/monitoring"
 
 
 def test_core_objects_and_every_pod_template_pass_strict_kubernetes_validation(
@@ -227,7 +230,7 @@ def test_podmonitor_matches_the_api_the_pods_and_their_ports(rendered) -> None:
 def test_pods_share_the_base_settings(rendered) -> None:
     name, docs = rendered
     claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
-    config_map = one(docs, "ConfigMap")["metadata"]["name"]
+    config_map = one(docs, "ConfigMap", RUN_CONFIG)["metadata"]["name"]
     for where, template in pod_templates(docs).items():
         spec, container = template["spec"], trainer(template)
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -259,7 +262,7 @@ def test_pods_share_the_base_settings(rendered) -> None:
 
 def test_the_config_maps_hold_configs_that_load(rendered, tmp_path: Path) -> None:
     _, docs = rendered
-    (text,) = one(docs, "ConfigMap")["data"].values()
+    (text,) = one(docs, "ConfigMap", RUN_CONFIG)["data"].values()
     path = tmp_path / "train.toml"
     path.write_text(text)
     cfg = Config.load(path)
@@ -287,7 +290,7 @@ def test_startup_and_liveness_probes_ask_rank_0s_healthz_within_the_launcher_and
     rendered, tmp_path: Path
 ) -> None:
     _, docs = rendered
-    (text,) = one(docs, "ConfigMap")["data"].values()
+    (text,) = one(docs, "ConfigMap", RUN_CONFIG)["data"].values()
     (tmp_path / "train.toml").write_text(text)
     stall = Config.load(tmp_path / "train.toml").metrics.stall_seconds
     launcher = (REPO / "launch" / "multinode.sh").read_text()

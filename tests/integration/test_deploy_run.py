@@ -22,6 +22,7 @@ import pytest
 
 from tests.integration._deploy import (
     REPO,
+    RUN_CONFIG,
     container_command,
     container_env,
     one,
@@ -116,7 +117,7 @@ def test_indexed_job_command_rendezvous_and_trains_as_two_local_pods(tmp_path: P
     docs = render("indexed-job")
     job = one(docs, "Job")
     container = trainer(job["spec"]["template"])
-    (config_text,) = one(docs, "ConfigMap")["data"].values()
+    (config_text,) = one(docs, "ConfigMap", RUN_CONFIG)["data"].values()
     config = tmp_path / "train.toml"  # the ConfigMap, as mounted
     config.write_text(config_text)
     out = tmp_path / "checkpoints"

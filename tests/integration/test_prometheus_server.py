@@ -53,7 +53,9 @@ def test_prometheus_scrapes_the_trainer_metrics(tmp_path) -> None:
             "loss": 1.25,
             "lr": 0.1,
             "samples_per_second": 512.0,
+            "rank_samples": 64.0,
             "time/total": 0.3,
+            "eval/lfw": 0.875,
             "nonfinite_steps": 2,
         },
         step=7,
@@ -74,7 +76,11 @@ def test_prometheus_scrapes_the_trainer_metrics(tmp_path) -> None:
         assert float(_query(web, "partialfc_step")[0]["value"][1]) == 7
         assert float(_query(web, "partialfc_learning_rate")[0]["value"][1]) == 0.1
         assert float(_query(web, "partialfc_nonfinite_steps_total")[0]["value"][1]) == 2
-        assert float(_query(web, 'partialfc_step_seconds_count{phase="total"}')[0]["value"][1]) == 1
+        assert float(_query(web, "partialfc_samples_total")[0]["value"][1]) == 64
+        assert float(_query(web, 'partialfc_eval_accuracy{set="lfw"}')[0]["value"][1]) == 0.875
+        duration = 'partialfc_step_duration_seconds_count{phase="total"}'
+        assert float(_query(web, duration)[0]["value"][1]) == 1
+        assert float(_query(web, 'process_start_time_seconds{job="partialfc"}')[0]["value"][1]) > 0
         assert float(_query(web, 'up{job="partialfc"}')[0]["value"][1]) == 1
     finally:
         server.terminate()
@@ -107,10 +113,14 @@ def test_prometheus_scrapes_a_running_trainer(small_run_config, tmp_path) -> Non
         assert steps and float(steps[0]["value"][1]) >= 3, "Prometheus saw no training progress"
         assert float(_query(web, "partialfc_loss")[0]["value"][1]) > 0
         assert float(_query(web, "partialfc_samples_per_second")[0]["value"][1]) > 0
-        assert float(_query(web, "partialfc_learning_rate")[0]["value"][1]) > 0
+        lrs = {r["metric"]["optimizer"] for r in _query(web, "partialfc_learning_rate > 0")}
+        assert lrs == {"backbone", "head"}
+        assert float(_query(web, "partialfc_steps_total")[0]["value"][1]) >= 3
         assert float(_query(web, "partialfc_memory_bytes")[0]["value"][1]) > 1e6
         assert float(_query(web, "partialfc_grad_norm")[0]["value"][1]) > 0
-        phases = {r["metric"]["phase"] for r in _query(web, "partialfc_step_seconds_count")}
+        phases = {
+            r["metric"]["phase"] for r in _query(web, "partialfc_step_duration_seconds_count")
+        }
         assert phases >= {"data", "forward", "backward", "optimizer", "total"}
         assert float(_query(web, "partialfc_nonfinite_steps_total")[0]["value"][1]) == 0
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:

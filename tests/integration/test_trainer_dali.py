@@ -54,7 +54,7 @@ def test_a_resumed_dali_run_reproduces_every_loss(small_run_config: Path, tmp_pa
     assert saved == [f"dali-rank0-of1-epoch1-batch{STOP - 3}.bin"]
     second = _train(small_run_config, resumed, STEPS, constant)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resumed from {resumed / f'step-{STOP:08d}'} at step {STOP}" in second.stdout
+    assert f"resumed from {resumed / f'step-{STOP:08d}'} at step {STOP}" in second.stderr
     assert "no DALI reader state" not in second.stderr
     got = _losses(resumed)
     assert sorted(got) == sorted(expected)
