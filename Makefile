@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench gpu-check clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/head.py
+
+# On a GPU host, with the torch (and Triton, DALI) installed there: not .venv, whose torch is the
+# CPU build. Writes benchmarks/results/gpu-<date>.{json,md}; without CUDA it says so and exits 0.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -93,7 +93,8 @@ class Attention(nn.Module):
         with no_autocast:  # the softmax in float32 (or float64) even under bf16/fp16 autocast
             dtype = torch.promote_types(q.dtype, torch.float32)
             out = F.scaled_dot_product_attention(q.to(dtype), k.to(dtype), v.to(dtype))
-        out = out.transpose(1, 2).reshape(n, length, dim)
+        # Back to the input's precision: a float16 model (ONNX --fp16) has float16 proj weights.
+        out = out.to(q.dtype).transpose(1, 2).reshape(n, length, dim)
         return self.proj_drop(self.proj(out))
 
 

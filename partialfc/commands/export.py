@@ -20,7 +20,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dict", type=Path, help="write the backbone's state_dict here (torch.save)"
     )
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest accepted ONNX difference")
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="float16 weights, inputs and outputs (half the size; checked against float32)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        help="largest accepted ONNX difference (1e-4; 2e-2 with --fp16)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         torch.save(model.state_dict(), args.state_dict)
         print(f"wrote {args.state_dict} ({saved.backbone}, embedding {saved.embedding_size})")
     if args.onnx is not None:
-        worst = export_onnx(model, args.onnx, atol=args.atol)
-        print(f"wrote {args.onnx}; onnxruntime matches PyTorch to {worst:.1e}")
+        worst = export_onnx(model, args.onnx, atol=args.atol, fp16=args.fp16)
+        kind = " (float16)" if args.fp16 else ""
+        print(f"wrote {args.onnx}{kind}; onnxruntime matches PyTorch to {worst:.1e}")
     return 0

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from partialfc.data.images import decode_image
+from partialfc.data.images import DECODERS, decode_image
 from partialfc.data.layout import FaceRecord
 from partialfc.data.recordio import RecordIOError
 from partialfc.errors import UserError
@@ -33,14 +33,22 @@ class RecordDataset(Dataset):
         root: dataset folder (``train.rec``, ``train.idx``, ``property``) or a ``.rec`` path.
         skip_corrupt: return None for a corrupt record (logged with its key) instead of raising;
             the loader then drops it from its batch. Off by default: nothing is skipped silently.
+        decoder: ``"auto"`` (simplejpeg for JPEG when installed, pixel-identical to Pillow) or
+            ``"pillow"`` (see :func:`partialfc.data.images.decode_image`).
 
     Raises:
         FileNotFoundError: a missing ``.rec``, ``.idx`` or ``property``.
+        ValueError: an unknown ``decoder``.
     """
 
-    def __init__(self, root: str | os.PathLike[str], skip_corrupt: bool = False) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], skip_corrupt: bool = False, decoder: str = "auto"
+    ) -> None:
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.record = FaceRecord(root)
         self.skip_corrupt = skip_corrupt
+        self.decoder = decoder
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +76,7 @@ class RecordDataset(Dataset):
         label, payload = self.record.read_image_record(key)
         self.record.check_encoded(key, payload)  # Pillow decodes most damage without an error
         try:
-            image = decode_image(payload)
+            image = decode_image(payload, self.decoder)
         except (OSError, ValueError, SyntaxError) as exc:  # what Pillow raises for bad bytes
             raise RecordIOError(
                 f"cannot decode image ({exc})",

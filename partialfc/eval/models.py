@@ -40,9 +40,11 @@ class OnnxBackbone(nn.Module):
         spec = self.session.get_inputs()[0]
         self.input_name = spec.name
         self.fixed_batch = spec.shape[0] if isinstance(spec.shape[0], int) else None
+        # `partialfc export --fp16` writes a model that takes float16 images.
+        self.input_dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.detach().float().cpu().numpy()
+        x = images.detach().float().cpu().numpy().astype(self.input_dtype, copy=False)
         if self.fixed_batch is None:
             out = self.session.run(None, {self.input_name: x})[0]
         else:

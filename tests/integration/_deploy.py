@@ -16,7 +16,7 @@ yaml = pytest.importorskip("yaml", reason="PyYAML reads the rendered manifests")
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
-OVERLAYS = ("pytorchjob", "indexed-job", "cpu-smoke")
+OVERLAYS = ("pytorchjob", "trainjob", "indexed-job", "cpu-smoke")
 RUN_CONFIG = "partialfc-config"  # the ConfigMap of the run's TOML (beside the dashboard's)
 LAUNCHERS = ("train.sh", "multinode.sh", "slurm.sbatch")
 
@@ -60,11 +60,18 @@ def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         elif doc["kind"] == "PyTorchJob":
             for replica, spec in doc["spec"]["pytorchReplicaSpecs"].items():
                 found[f"{name}/{replica}"] = spec["template"]
+        elif doc["kind"] == "TrainingRuntime":
+            for job in doc["spec"]["template"]["spec"]["replicatedJobs"]:
+                found[f"{name}/{job['name']}"] = job["template"]["spec"]["template"]
     return found
 
 
+# The trainer container's name: what the Kubeflow v1 operator requires, and Kubeflow Trainer v2.
+TRAINER_CONTAINERS = ("pytorch", "node")
+
+
 def trainer(template: dict[str, Any]) -> dict[str, Any]:
-    (container,) = [c for c in template["spec"]["containers"] if c["name"] == "pytorch"]
+    (container,) = [c for c in template["spec"]["containers"] if c["name"] in TRAINER_CONTAINERS]
     return container
 
 

@@ -1,7 +1,7 @@
 """Deployment files, checked without a cluster: every kustomize overlay renders and validates
 against the Kubernetes API schemas (kubernetes-validate --strict) and, for the custom resources,
 against minimal schemas of the kubeflow.org/v1 PyTorchJob and monitoring.coreos.com/v1
-PodMonitor; the pieces that must agree across files do; hadolint passes on the Dockerfiles;
+PodMonitor and the CRD schemas of Kubeflow Trainer v2's TrainJob and TrainingRuntime; the pieces that must agree across files do; hadolint passes on the Dockerfiles;
 bash -n and shellcheck on the launchers."""
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from tests.integration._deploy import (
     OVERLAYS,
     REPO,
     RUN_CONFIG,
+    container_command,
+    container_env,
     one,
     pod_templates,
     render,
@@ -41,7 +43,10 @@ jsonschema = pytest.importorskip("jsonschema")
 SCHEMAS = Path(__file__).parent / "schemas"
 # The oldest Kubernetes the manifests are written for: podFailurePolicy is GA from 1.31.
 KUBERNETES_VERSION = "1.31.0"
+COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 CORE_KINDS = {"ConfigMap", "Service", "PersistentVolumeClaim", "Job"}
+# The custom resource holding each operator overlay's pod template.
+WORKLOADS = {"pytorchjob": "PyTorchJob", "trainjob": "TrainingRuntime"}
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -74,10 +79,11 @@ def _schema_errors(obj: dict[str, Any], schema_file: str) -> list[str]:
 def test_every_overlay_renders_only_known_kinds(rendered) -> None:
     name, docs = rendered
     kinds = sorted(d["kind"] for d in docs)
-    workload = "PyTorchJob" if name == "pytorchjob" else "Job"
+    workload = WORKLOADS.get(name, "Job")
     assert workload in kinds
     assert "PodTemplate" not in kinds, "the base's template source must not be applied"
-    assert set(kinds) <= CORE_KINDS | {"PyTorchJob", "PodMonitor", "PrometheusRule"}, kinds
+    known = CORE_KINDS | set(WORKLOADS.values()) | {"PodMonitor", "PrometheusRule", "TrainJob"}
+    assert set(kinds) <= known, kinds
     assert "PrometheusRule" in kinds, "the overlays include k8s/monitoring"
 
 
@@ -138,6 +144,71 @@ def test_the_pytorchjob_schema_can_fail() -> None:
     job["spec"]["pytorchReplicaSpecs"]["Chief"] = job["spec"]["pytorchReplicaSpecs"]["Worker"]
     errors = "\n".join(_schema_errors(job, "pytorchjob-kubeflow-v1.json"))
     assert "c10" in errors and "Chief" in errors and "1 was expected" in errors, errors
+
+
+def test_trainjob_and_its_runtime_match_the_kubeflow_trainer_v2_crds() -> None:
+    docs = render("trainjob")
+    job, runtime = one(docs, "TrainJob"), one(docs, "TrainingRuntime")
+    assert _schema_errors(job, "trainjob-trainer-v1alpha1.json") == []
+    assert _schema_errors(runtime, "trainingruntime-trainer-v1alpha1.json") == []
+    ref = job["spec"]["runtimeRef"]
+    assert (ref["apiGroup"], ref["kind"]) == ("trainer.kubeflow.org", "TrainingRuntime")
+    assert ref["name"] == runtime["metadata"]["name"]
+    assert "torch" in runtime["spec"]["mlPolicy"], (
+        "the torch plugin sets torchrun's PET_* variables"
+    )
+    (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    # The Trainer finds its pods by this label and its container by the name "node"; the
+    # rendezvous address it gives (<trainjob>-node-0-0) uses the job's name.
+    assert node["name"] == "node"
+    assert node["template"]["metadata"]["labels"] == {
+        "trainer.kubeflow.org/trainjob-ancestor-step": "trainer"
+    }
+    pod = node["template"]["spec"]["template"]
+    container = trainer(pod)
+    assert container["name"] == "node"
+    gpus = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    assert job["spec"]["trainer"]["numProcPerNode"] == gpus, "one process per GPU of the pod"
+    assert pod["spec"]["restartPolicy"] == "Never", "required by the Job's podFailurePolicy"
+    assert runtime["spec"]["template"]["spec"]["network"]["publishNotReadyAddresses"] is True
+
+
+def test_the_trainjob_command_takes_its_rendezvous_from_the_trainer() -> None:
+    docs = render("trainjob")
+    job, runtime = one(docs, "TrainJob"), one(docs, "TrainingRuntime")
+    container = trainer(runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]
+                        ["spec"]["template"])  # fmt: skip
+    name = job["metadata"]["name"]
+    # What kubeflow/trainer's torch plugin appends to the container's env (torch.go).
+    injected = [
+        {"name": "PET_NNODES", "value": str(job["spec"]["trainer"]["numNodes"])},
+        {"name": "PET_NPROC_PER_NODE", "value": str(job["spec"]["trainer"]["numProcPerNode"])},
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {"fieldPath": COMPLETION_INDEX}}},
+        {"name": "PET_MASTER_ADDR", "value": f"{name}-node-0-0.{name}"},
+        {"name": "PET_MASTER_PORT", "value": "29500"},
+    ]
+    reserved = {e["name"] for e in injected} & {e["name"] for e in container["env"]}
+    assert not reserved, f"the Trainer rejects these variables in the pod: {reserved}"
+    with_pet = {**container, "env": [*container["env"], *injected]}
+    env = container_env(with_pet, field_refs={COMPLETION_INDEX: "1"}, overrides={})
+    assert container_command(with_pet, env) == [
+        "multinode.sh", "--node-rank=1", f"--rdzv-endpoint={name}-node-0-0.{name}:29500",
+        "/etc/partialfc/train.toml",
+    ]  # fmt: skip
+    assert 29500 in {p["containerPort"] for p in container["ports"]}
+
+
+def test_the_trainer_v2_schemas_can_fail() -> None:
+    docs = render("trainjob")
+    job, runtime = one(docs, "TrainJob"), one(docs, "TrainingRuntime")
+    job["spec"]["trainer"]["numProcsPerNode"] = 8  # a typo
+    job["spec"]["runtimeRef"]["name"] = ""
+    runtime["spec"]["mlPolicy"]["pytorch"] = {}
+    runtime["spec"]["template"]["spec"]["failurePolicy"]["restartStrategy"] = "Restart"
+    errors = "\n".join(_schema_errors(job, "trainjob-trainer-v1alpha1.json"))
+    assert "numProcsPerNode" in errors and "runtimeRef/name" in errors, errors
+    errors = "\n".join(_schema_errors(runtime, "trainingruntime-trainer-v1alpha1.json"))
+    assert "pytorch" in errors and "'Restart' is not one of" in errors, errors
 
 
 def test_podmonitor_matches_the_api_the_pods_and_their_ports(rendered) -> None:

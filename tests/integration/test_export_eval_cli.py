@@ -90,3 +90,27 @@ def test_eval_and_eval_ijb_take_the_checkpoint_or_its_onnx(
         features.append(np.load(out / "features.npy"))
     assert features[0].shape[1:] == (2, 16)
     np.testing.assert_allclose(features[0], features[1], rtol=1e-4, atol=1e-4)
+
+
+def test_export_fp16_and_eval_on_it(trained: Path, small_run_config: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from partialfc.checkpoint import load_backbone
+    from partialfc.eval.models import load_model
+    from partialfc.export import FP16_ATOL
+
+    half = tmp_path / "m16.onnx"
+    done = _cli("export", str(trained), "--onnx", str(half), "--fp16")
+    assert done.returncode == 0, done.stderr
+    assert "(float16); onnxruntime matches PyTorch" in done.stdout
+    model, _ = load_backbone(trained)
+    onnx_model, _ = load_model(half)  # feeds float16 images to the float16 graph
+    images = torch.randn(7, 3, 112, 112, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, got = model(images), onnx_model(images)
+    assert got.dtype == torch.float32 and got.shape == (7, 16)
+    scale = max(1.0, float(expected.abs().max()))
+    assert 0 < float((got - expected).abs().max()) / scale <= FP16_ATOL
+    val = small_run_config.parent / "data" / "val.bin"
+    done = _cli("eval", str(half), str(val))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"val: accuracy [\d.]+ \+- [\d.]+ \(20 pairs\)", done.stdout), done.stdout
