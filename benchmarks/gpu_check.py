@@ -6,7 +6,7 @@ budget), so one hung step cannot eat the others' time:
 1. ``tests``: ``pytest tests/gpu`` (the CUDA head, the fused Triton kernels, the loaders);
 2. ``head``: ``benchmarks/head.py --device cuda --preset fused --precision bf16``;
 3. ``train``: a synthetic face set (``partialfc synth``'s JPEG records), then 50 bf16 steps of
-   ``iresnet50`` at global batch 256 from ``configs/ms1mv3_r50.toml``: DALI decoding on the GPU
+   ``iresnet50`` at global batch 256 from ``partialfc/configs/ms1mv3_r50.toml``: DALI decoding on the GPU
    (``mixed``) when DALI imports, the torch loader otherwise.
 
 Writes ``benchmarks/results/gpu-<date>.json`` and ``gpu-<date>.md``: pass/fail, seconds and output
@@ -163,7 +163,7 @@ def build_steps(args: argparse.Namespace, work: Path) -> tuple[list[Step], dict[
         train = [f"--train.max_steps={TRAIN_STEPS}", "--data.global_batch_size=256",
                  "--train.precision=bf16", f"--data.workers={min(8, os.cpu_count() or 1)}"]  # fmt: skip
     train_cmd = [
-        py, "-m", "partialfc.train", str(REPO / "configs" / "ms1mv3_r50.toml"),
+        py, "-m", "partialfc.train", str(REPO / "partialfc" / "configs" / "ms1mv3_r50.toml"),
         f"--data.root={data}", f"--data.loader={loader}", f"--train.output_dir={run}",
         "--train.checkpoint_every=100000", "--eval.sets=", "--metrics.port=0",
         "--train.log_every=10", *train,
