@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from partialfc.data.inspect import summarize, verify
+from partialfc.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="folder with train.rec, train.idx, property (or a .rec)")
     parser.add_argument(
         "--verify", action="store_true", help="decode every record; report bad ones; exit 1 if any"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes decoding records for --verify"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -31,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a header too broken to summarise: still verify every record
         print(f"summary unavailable: {exc}")
     problems = 0
-    for problem in verify(args.dataset, progress=not args.no_progress):
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    for problem in verify(args.dataset, progress=not args.no_progress, workers=args.workers):
         problems += 1
         print(f"BAD {problem}")
     print(f"verify: {problems} bad record(s)" if problems else "verify: all records OK")

@@ -1,4 +1,5 @@
-"""An ordered process-pool map with a progress bar, shared by ``pack`` and ``synth``."""
+"""An ordered process-pool map with progress (:mod:`partialfc.progress`), shared by ``pack``,
+``synth`` and ``inspect --verify``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import multiprocessing
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
+
+from partialfc.progress import Progress
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -24,21 +27,20 @@ def ordered_map(
     Runs in a process pool when ``workers > 1`` (``fork`` where available: fast start, nothing
     to re-import). Keeping the input order is what makes outputs independent of ``workers``.
     """
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), unit="img", desc=desc, disable=not progress)
+    bar = Progress(len(tasks), desc, "img", progress)
     try:
         if workers <= 1:
             for task in tasks:
-                yield fn(task)
-                bar.update()
+                result = fn(task)
+                bar.update()  # before the yield: a consumer that stops after the last item
+                yield result  # closes this generator there, and the count must be complete
             return
         methods = multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with ctx.Pool(workers, initializer=_worker_signals) as pool:
             for item in pool.imap(fn, tasks, chunksize=chunksize):
-                yield item
                 bar.update()
+                yield item
     finally:
         bar.close()
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from partialfc.data._pool import ordered_map
 from partialfc.data.images import decode_image
 from partialfc.data.layout import FaceRecord
+from partialfc.progress import Progress, track
 
 # Upper edges of the per-identity image-count histogram buckets.
 _BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -98,34 +100,65 @@ def summarize(root: str | os.PathLike[str]) -> Summary:
         record.close()
 
 
-def verify(root: str | os.PathLike[str], progress: bool = False) -> Iterator[Problem]:
-    """Decodes every image record; yields one :class:`Problem` per bad record.
+VERIFY_CHUNK = 256  # records per task when --verify runs on several processes
+
+
+def verify(
+    root: str | os.PathLike[str], progress: bool = False, workers: int = 1
+) -> Iterator[Problem]:
+    """Decodes every image record; yields one :class:`Problem` per bad record, in key order.
 
     Checks framing (magic, length, continuation flags), header, label < num_classes, the JPEG
     structure (:func:`partialfc.data.jpeg.jpeg_damage`), that the image decodes, and that its size
-    matches ``property``.
+    matches ``property``. With ``workers > 1`` the records are checked by that many processes,
+    each reading its own handle of the files; the problems and their order are the same.
     """
-    from tqdm import tqdm
-
     record = FaceRecord(root)
+    keys = record.image_keys.tolist()
+    if workers <= 1:
+        try:
+            for key in track(keys, "verify", "img", enabled=progress):
+                yield from _check_record(record, key)
+        finally:
+            record.close()
+        return
+    record.close()
+    chunks = [keys[i : i + VERIFY_CHUNK] for i in range(0, len(keys), VERIFY_CHUNK)]
+    tasks = [(os.fspath(root), chunk) for chunk in chunks]
+    with Progress(len(keys), "verify", "img", progress) as bar:
+        found = ordered_map(_check_chunk, tasks, workers, "verify", False, chunksize=1)
+        for chunk, problems in zip(chunks, found, strict=True):
+            yield from problems
+            bar.update(len(chunk))
+
+
+def _check_record(record: FaceRecord, key: int) -> Iterator[Problem]:
+    offset = record.reader.idx.get(key)
+    if offset is None:
+        yield Problem(key, None, f"missing from the index {record.idx_path}")
+        return
     try:
-        for key in tqdm(
-            record.image_keys.tolist(), unit="img", desc="verify", disable=not progress
-        ):
-            offset = record.reader.idx.get(key)
-            if offset is None:
-                yield Problem(key, None, f"missing from the index {record.idx_path}")
-                continue
-            try:
-                _, payload = record.read_image_record(key)
-                record.check_encoded(key, payload)
-                try:
-                    image = decode_image(payload)
-                except (OSError, ValueError, SyntaxError) as exc:
-                    yield Problem(key, offset, f"image does not decode ({exc})")
-                    continue
-                record.check_image(key, image)
-            except ValueError as exc:  # RecordIOError, DatasetError: the message names the file
-                yield Problem(key, offset, str(exc))
-    finally:
-        record.close()
+        _, payload = record.read_image_record(key)
+        record.check_encoded(key, payload)
+        try:
+            image = decode_image(payload)
+        except (OSError, ValueError, SyntaxError) as exc:
+            yield Problem(key, offset, f"image does not decode ({exc})")
+            return
+        record.check_image(key, image)
+    except ValueError as exc:  # RecordIOError, DatasetError: the message names the file
+        yield Problem(key, offset, str(exc))
+
+
+_WORKER_RECORDS: dict[str, FaceRecord] = {}  # a pool process's open dataset, read by its tasks
+
+
+def _check_chunk(task: tuple[str, list[int]]) -> list[Problem]:
+    """One pool task: the problems of ``keys`` of the dataset at ``root``. Each process opens the
+    dataset once (the index of millions of keys is not re-read per task) and keeps it open until
+    the pool ends it."""
+    root, keys = task
+    record = _WORKER_RECORDS.get(root)
+    if record is None:
+        record = _WORKER_RECORDS[root] = FaceRecord(root)
+    return [problem for key in keys for problem in _check_record(record, key)]

@@ -61,9 +61,8 @@ def embed_faces(
     progress: bool = False,
 ) -> np.ndarray:
     """Raw embeddings (N, 2, D) float32 of the aligned images and of their mirror images."""
-    from tqdm import tqdm
-
     from partialfc.data.dataset import normalize
+    from partialfc.progress import Progress
 
     device = model_device(model)
     loader = DataLoader(
@@ -73,10 +72,12 @@ def embed_faces(
         pin_memory=device.type == "cuda",
     )
     out = []
-    for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress):
-        x = normalize(batch).to(device, non_blocking=True)
-        views = (model(x).float(), model(torch.flip(x, dims=[3])).float())
-        out.append(torch.stack(views, dim=1).cpu().numpy())
+    with Progress(len(names), "embed", "img", progress) as bar:
+        for batch in loader:
+            x = normalize(batch).to(device, non_blocking=True)
+            views = (model(x).float(), model(torch.flip(x, dims=[3])).float())
+            out.append(torch.stack(views, dim=1).cpu().numpy())
+            bar.update(batch.shape[0])
     if not out:
         raise ValueError("no images to embed")
     return np.concatenate(out)

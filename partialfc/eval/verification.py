@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from partialfc.progress import Progress
+
 THRESHOLDS = np.arange(0.0, 4.0, 0.01)
 VAL_THRESHOLDS = np.arange(0.0, 4.0, 0.001)
 VAL_FAR = 1e-3
@@ -129,10 +131,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def embed_with_norms(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 256, flip: bool = True
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 256,
+    flip: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Unit embeddings (N, D) of ``images`` (N, 3, H, W), the flipped view added when ``flip``,
-    and the raw embeddings' norms (N, V), V = 2 views with ``flip``, else 1.
+    and the raw embeddings' norms (N, V), V = 2 views with ``flip``, else 1; ``progress`` counts
+    the images embedded.
 
     The model is put in eval mode for the pass and restored afterwards.
     """
@@ -148,6 +155,8 @@ def embed_with_norms(
                 views.append(model(torch.flip(batch, dims=[3])).float())
             norms.append(torch.stack([v.norm(dim=1) for v in views], dim=1).cpu())
             out.append(F.normalize(sum(views), dim=1).cpu())
+            if progress is not None:
+                progress.update(batch.shape[0])
     finally:
         model.train(was_training)
     return torch.cat(out), torch.cat(norms)
@@ -166,13 +175,15 @@ def verify(
     issame: torch.Tensor,
     batch_size: int = 256,
     flip: bool = True,
+    progress: Progress | None = None,
 ) -> VerificationResult:
-    """Verification accuracy of ``model`` on a pair set: ``images`` hold the pairs consecutively."""
+    """Verification accuracy of ``model`` on a pair set: ``images`` hold the pairs consecutively
+    (``progress`` counts the images embedded)."""
     if images.shape[0] != 2 * issame.shape[0]:
         raise ValueError(
             f"{images.shape[0]} images for {issame.shape[0]} pairs (need two per pair)"
         )
-    emb, norms = embed_with_norms(model, images, batch_size, flip)
+    emb, norms = embed_with_norms(model, images, batch_size, flip, progress)
     emb = emb.numpy()
     result = fold_accuracy(emb[0::2], emb[1::2], issame.numpy())
     return replace(result, xnorm=float(norms.double().mean()))
