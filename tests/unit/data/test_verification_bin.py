@@ -82,7 +82,8 @@ def test_crafted_bin_is_refused_and_runs_nothing(tmp_path, how) -> None:
 
 def test_pickle_chosen_allocation_is_refused(tmp_path) -> None:
     # numpy itself writes _reconstruct(ndarray, (0,), ...); a huge shape would allocate it
-    reconstruct = np.core.multiarray._reconstruct
+    core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
+    reconstruct = core.multiarray._reconstruct
     path = tmp_path / "big.bin"
     path.write_bytes(pickle.dumps(([_RunsCode(reconstruct, np.ndarray, (1 << 40,), b"b")], [])))
     with pytest.raises(DatasetError, match=r"big\.bin: not a verification \.bin pickle"):
