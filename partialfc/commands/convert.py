@@ -40,12 +40,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=1,
         help="the run's config.gradient_acc: global_step counts micro-batches (default 1)",
     )
+    at.add_argument("--no-progress", action="store_true", help="hide the progress of the loading")
 
 
 def _run_arcface_torch(args: argparse.Namespace) -> int:
     if args.gradient_acc < 1:
         raise UserError(f"--gradient-acc: must be >= 1, got {args.gradient_acc}")
-    done = convert(args.src, args.out, gradient_acc=args.gradient_acc)
+    done = convert(
+        args.src, args.out, gradient_acc=args.gradient_acc, progress=not args.no_progress
+    )
     if not done.num_classes:
         print(f"wrote {done.path}: the backbone of {args.src / 'model.pt'}, no class centres")
         return 0

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from partialfc.errors import UserError, UserFileError
+from partialfc.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class ArcfaceTorchConversion:
     """The centres' optimizer entries converted (momentum_buffer, or exp_avg, exp_avg_sq, step)."""
 
 
-def convert(src: str | Path, out: str | Path, gradient_acc: int = 1) -> ArcfaceTorchConversion:
+def convert(
+    src: str | Path, out: str | Path, gradient_acc: int = 1, progress: bool = False
+) -> ArcfaceTorchConversion:
     """Convert the arcface_torch output folder ``src`` into a partialfc checkpoint under ``out``.
 
     Args:
@@ -56,6 +59,7 @@ def convert(src: str | Path, out: str | Path, gradient_acc: int = 1) -> ArcfaceT
         out: a partialfc ``train.output_dir`` (created).
         gradient_acc: arcface_torch's ``config.gradient_acc``: its ``global_step`` counts
             micro-batches, partialfc's step counts optimizer steps.
+        progress: report the loading of the rank files (:mod:`partialfc.progress`).
 
     Raises:
         UserError: no such folder, none of the files, missing ranks, or inconsistent shards.
@@ -75,7 +79,8 @@ def convert(src: str | Path, out: str | Path, gradient_acc: int = 1) -> ArcfaceT
         result = ArcfaceTorchConversion(path=Path(out))
         result.path = checkpoint.save({"model": model}, out, step=0)
         return result
-    loaded = [_load(path) for path in shards]
+    # Each rank's file holds its shard of the centres and their momentum: gigabytes at Glint360K.
+    loaded = [_load(path) for path in track(shards, "load", "shard", enabled=progress)]
     for path, ckpt in zip(shards, loaded, strict=True):
         for key in ("state_dict_backbone", "state_dict_softmax_fc", "global_step"):
             if key not in ckpt:

@@ -71,7 +71,10 @@ def _arcface_torch_run(folder: Path, optimizer: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_the_centres_are_the_concatenated_shards_exactly(tmp_path: Path, optimizer: str) -> None:
+def test_the_centres_are_the_concatenated_shards_exactly(
+    tmp_path: Path, optimizer: str, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.setenv("PARTIALFC_PROGRESS_SECONDS", "3600")  # only the last line
     want = _arcface_torch_run(tmp_path / "at", optimizer)
     assert (
         cli(
@@ -86,6 +89,7 @@ def test_the_centres_are_the_concatenated_shards_exactly(tmp_path: Path, optimiz
         )
         == 0
     )
+    assert capsys.readouterr().err.startswith("load: 2/2 shard (100%)  in ")  # not a terminal
     out = tmp_path / "out"
     assert checkpoint.latest_checkpoint(out).name == f"step-{GLOBAL_STEP // ACC:08d}"
     assert torch.equal(checkpoint.read_class_centers(out), want["weight"])
