@@ -4,7 +4,6 @@ checked here against onnxruntime independently of the exporter's own check."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,11 @@ from partialfc import backbones
 from partialfc.export import FP16_ATOL, export_onnx
 
 # Each dynamo export takes 5-30 s on the two shared cores.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 DIM = 16
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Two shared cores: intra-op threads of torch and onnxruntime would spin against each other.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -31,14 +31,7 @@ RTOL = 1e-5  # the issue's bar: float32 embeddings equal to 1e-5 of their larges
 # another order: up to 3e-5 measured); another mask or drop-path draw changes it by ~1 (1.4).
 TRAIN_RTOL = 1e-4
 NUMERIC = ["r50", "mbf", "vit_t"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see test_backbones.py: a shared CPU is faster on one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -87,16 +86,7 @@ CASES = [_case(n, slow=n in SLOW_BACKBONES or n in ALIASES) for n in NAMES]
 EVAL_CASES = [_case(n, slow=n in HUGE_BACKBONES or n in ALIASES) for n in NAMES]
 # The exporter partialfc ships (partialfc.export: dynamo), in float32 and float16.
 ONNX_CASES = [_case(n, precision, slow=True) for n in NAMES for precision in ("fp32", "fp16")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # On a shared, busy CPU, intra-op threads spin against each other: a small convolution took
-    # 40x longer with 2 threads than with 1. One thread keeps this module's timing predictable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def _model(name: str, seed: int = 0, **kwargs: object) -> nn.Module:
@@ -404,7 +394,7 @@ def test_onnx_matches_torch_at_two_batch_sizes(name: str, precision: str, tmp_pa
     program = onnx_program(exported, _images(2, dtype=dtype))
     program.save(str(tmp_path / "m.onnx"))
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # see _one_thread
+    options.intra_op_num_threads = 1  # see the one_thread fixture (tests/conftest.py)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), options)
     tolerance = FP16_ATOL if precision == "fp16" else 1e-4
     for batch in (1, 7):  # neither is the exported example's batch
