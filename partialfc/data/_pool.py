@@ -16,8 +16,10 @@ import multiprocessing
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from partialfc.errors import UserError
 from partialfc.progress import Progress
 
 T = TypeVar("T")
@@ -36,8 +38,9 @@ def ordered_map(
 
     Runs in worker processes when ``workers > 1`` (``fork`` where available: fast start, nothing
     to re-import). Keeping the input order is what makes outputs independent of ``workers``. An
-    error in ``fn`` is raised here; when the consumer stops early (an error, Ctrl-C, ``close()``)
-    the workers are killed at once, not left to finish their chunks.
+    error in ``fn`` is raised here, and a worker that died (killed, out of memory) is a
+    :class:`UserError` naming ``desc``; when the consumer stops early (an error, Ctrl-C,
+    ``close()``) the workers are killed at once, not left to finish their chunks.
     """
     bar = Progress(len(tasks), desc, "img", progress)
     try:
@@ -56,6 +59,11 @@ def ordered_map(
                 bar.update()
                 yield item
             finished = True
+        except BrokenProcessPool as exc:
+            raise UserError(
+                f"{desc}: a worker process ended abruptly (killed, or out of memory?) after "
+                f"{bar.count} of {len(tasks)} items; --workers 1 runs in this process"
+            ) from exc
         finally:
             if not finished:
                 _kill_workers(pool)
