@@ -13,11 +13,18 @@ MXNET_TESTS := tests/integration/test_mxnet_interop.py tests/unit/legacy/test_co
 	tests/unit/legacy/test_names.py tests/unit/legacy/test_symbol_parity.py \
 	tests/unit/legacy/test_train.py tests/distributed/test_legacy_centres.py
 
-.PHONY: setup setup-mxnet test test-mxnet demo lint bench gpu-check clean
+# Python 3.12 (torch's CUDA build from PyPI, run on the CPU): `make test-py312`, which .ci/run
+# runs where python3.12 is installed.
+PYTHON312 ?= python3.12
+PY312_VENV := .venv-py312
+PY312 := $(PY312_VENV)/bin/python
+PY312_STAMP := $(PY312_VENV)/.installed
+
+.PHONY: setup setup-mxnet setup-py312 test test-mxnet test-py312 demo lint bench gpu-check clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements/ci.txt pyproject.toml
+$(STAMP): requirements/ci.txt requirements/common.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements/ci.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -31,6 +38,14 @@ $(MX_STAMP): requirements/mxnet.txt pyproject.toml
 	$(MX_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(MX_STAMP)
 
+setup-py312: $(PY312_STAMP)
+
+$(PY312_STAMP): requirements/py312.txt requirements/common.txt pyproject.toml
+	test -x $(PY312) || $(PYTHON312) -m venv $(PY312_VENV)
+	$(PY312) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements/py312.txt
+	$(PY312) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(PY312_STAMP)
+
 test: $(STAMP) $(MX_STAMP)
 	$(PY) -m ruff check partialfc tests benchmarks
 	$(PY) -m pytest -q tests
@@ -38,6 +53,9 @@ test: $(STAMP) $(MX_STAMP)
 
 test-mxnet: $(MX_STAMP)
 	$(MX_PY) -m pytest -q -p no:cacheprovider $(MXNET_TESTS)
+
+test-py312: $(PY312_STAMP)
+	$(PY312) -m pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)
 	$(PY) -m partialfc demo
@@ -56,4 +74,4 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) $(MX_VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MX_VENV) $(PY312_VENV) .pytest_cache .ruff_cache
