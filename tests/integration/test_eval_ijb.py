@@ -19,6 +19,7 @@ from partialfc.data.synth_ijb import SynthIJBConfig, synth_ijb
 from partialfc.eval.ijb import read_meta
 from partialfc.eval.ijb_1n_meta import read_1n_meta
 from partialfc.eval.ijb_run import ScoreOptions, embed_protocol, score_protocol
+from partialfc.export import onnx_program
 
 FARS = (0.01, 0.05, 0.1, 0.3)
 
@@ -54,11 +55,7 @@ def tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pixel_onnx(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "pixels.onnx"
-    torch.onnx.export(
-        _Pixels(), (torch.randn(2, 3, 112, 112),), str(path), input_names=["images"],
-        output_names=["embeddings"], dynamic_axes={"images": {0: "batch"}}, opset_version=17,
-        dynamo=False,
-    )  # fmt: skip
+    onnx_program(_Pixels().eval(), torch.randn(2, 3, 112, 112)).save(str(path))  # as export does
     return path
 
 
