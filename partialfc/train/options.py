@@ -87,15 +87,21 @@ def options() -> list[Option]:
             found.append(
                 Option(
                     name=f"{section}.{f.name}",
-                    type=hint.__name__
-                    if isinstance(hint, type)
-                    else str(hint).replace("typing.", ""),
+                    type=_type_name(hint),
                     default=default,
                     doc=docs.get(f.name, ""),
                     table=typing.get_origin(hint) is dict,
                 )
             )
     return found
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``list[str]``, ``str | None``: a field's type as it is written."""
+    # typing.get_origin first: on Python 3.10 ``list[str]`` is also an instance of ``type``.
+    if typing.get_origin(hint) is None and isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
 
 
 def help_text(width: int = 100) -> str:
