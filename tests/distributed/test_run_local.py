@@ -18,8 +18,11 @@ def _noop(rank: int, world: int) -> None:
 
 
 def _report(rank: int, world: int, out: str) -> None:
-    print(f"stdout of rank {rank}/{world}", flush=True)
-    print(f"stderr of rank {rank}/{world}", file=sys.stderr, flush=True)
+    # one write each: the two ranks share the file (unbuffered, print writes text and end apart)
+    sys.stdout.write(f"stdout of rank {rank}/{world}\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"stderr of rank {rank}/{world}\n")
+    sys.stderr.flush()
     Path(out, f"env-{rank}").write_text(os.environ.get("PARTIALFC_TEST_LOCAL", "<unset>"))
 
 
