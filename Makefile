@@ -23,31 +23,31 @@ PY312 := $(PY312_VENV)/bin/python
 PY312_STAMP := $(PY312_VENV)/.installed
 PY312_TESTS ?= tests/unit tests/distributed
 
+# $(call make-venv,VENV,PYTHON,REQUIREMENTS): the venv (created once), its pins, partialfc
+# editable, and the stamp that the rules above depend on.
+define make-venv
+	test -x $(1)/bin/python || $(2) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade-strategy only-if-needed -r $(3)
+	$(1)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(1)/.installed
+endef
+
 .PHONY: setup setup-mxnet setup-py312 test test-mxnet test-py312 demo lint bench gpu-check clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements/ci.txt requirements/common.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements/ci.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(STAMP)
+	$(call make-venv,$(VENV),$(PYTHON),requirements/ci.txt)
 
 setup-mxnet: $(MX_STAMP)
 
 $(MX_STAMP): requirements/mxnet.txt pyproject.toml
-	test -x $(MX_PY) || $(PYTHON) -m venv $(MX_VENV)
-	$(MX_PY) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements/mxnet.txt
-	$(MX_PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(MX_STAMP)
+	$(call make-venv,$(MX_VENV),$(PYTHON),requirements/mxnet.txt)
 
 setup-py312: $(PY312_STAMP)
 
 $(PY312_STAMP): requirements/py312.txt requirements/common.txt pyproject.toml
-	test -x $(PY312) || $(PYTHON312) -m venv $(PY312_VENV)
-	$(PY312) -m pip install --quiet --upgrade-strategy only-if-needed -r requirements/py312.txt
-	$(PY312) -m pip install --quiet --no-deps --no-build-isolation -e .
-	touch $(PY312_STAMP)
+	$(call make-venv,$(PY312_VENV),$(PYTHON312),requirements/py312.txt)
 
 test: $(STAMP) $(MX_STAMP)
 	$(PY) -m ruff check partialfc tests benchmarks
