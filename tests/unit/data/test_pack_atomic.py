@@ -184,10 +184,7 @@ def _wait_until_read(fifo: Path, proc: subprocess.Popen, timeout: float = 120.0)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("signum", "status"),
-    [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
-)
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupted_pack_keeps_the_dataset(packed: Path, tmp_path, signum, status) -> None:
     before = _snapshot(packed)
     images = write_image_folder(tmp_path / "new", identities=3, per_identity=4)
